@@ -1,0 +1,32 @@
+# The quick-start commands of the README. Each creates .venv/ (Python >= 3.10) and installs memvlm into it first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: train test install install-dev export readme docs-sync clean
+
+train: install           ## install memvlm and train memclip-tiny on the bundled digits-captions data
+	$(BIN)/memvlm train
+
+test: install-dev        ## install memvlm with its dev tools and run every notebook and tests/
+	$(BIN)/python -m pytest tests -q
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+$(VENV)/.installed: setup.py settings.ini
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+export: install-dev      ## write memvlm/ from the notebooks and README.md from nbs/index.ipynb
+	$(BIN)/nbdev_export
+	$(BIN)/python .ci/make_readme.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,109 @@
+"""Train memclip-tiny on digits-captions with the defaults of `memvlm train` and, side by side in the same process,
+the reference: open_clip's own CLIP (ViT 4x128 on 32 px with 4 px patches, text 2x128, context 16, embed 64, full
+49,408-token vocabulary) trained with open_clip's ClipLoss, AdamW 1e-3 one-cycle, batch 128, 20 epochs on the same
+80/20 stratified split (memvlm's train+validation splits against its test split).
+
+Prints a table and, last, one line of JSON: {"zero_shot_acc", "retrieval_r1_i2t", "seconds", ...}.
+Usage: python benchmarks/train_digits.py [--seeds 0 1 2] [--no-reference]
+"""
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+
+def run_memvlm(seed: int) -> dict:
+    from memvlm.cli import train
+    from memvlm.config import RunConfig, update_config
+    with tempfile.TemporaryDirectory() as out:
+        cfg = update_config(RunConfig(), {'seed': seed, 'output_dir': out, 'device': 'cpu'})
+        start = time.time()
+        m = train(cfg, progress=False)
+        seconds = time.time() - start
+    return {'zero_shot_acc': m['test_zero_shot_acc'], 'retrieval_r1_i2t': m['test_i2t_r1'], 'seconds': seconds,
+            'train_seconds': m['train_seconds'], 'step_ms': 1000 * m['train_seconds'] / m['history'][-1]['step']}
+
+
+def run_open_clip(seed: int, epochs: int = 20, batch_size: int = 128, lr: float = 1e-3) -> dict:
+    import open_clip
+    from open_clip.loss import ClipLoss
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from memvlm.config import seed_everything
+    from memvlm.data import CaptionTokenizer, ImageTextDataset, image_transform, load_digits_captions, make_loader
+    from memvlm.evaluation import embed_images, embed_texts, retrieval_recall
+    import datasets
+    import torch.nn.functional as F
+
+    start = time.time()
+    seed_everything(seed)
+    data = load_digits_captions()
+    train_rows = datasets.concatenate_datasets([data['train'], data['validation']])  # the reference's 80% split
+    tok = CaptionTokenizer(16)  # full open_clip vocabulary, same ids as open_clip.tokenize
+    loader = make_loader(ImageTextDataset(train_rows, tok, image_transform(32), seed=seed), batch_size, train=True, seed=seed)
+    model = CLIP(embed_dim=64, vision_cfg=CLIPVisionCfg(layers=4, width=128, head_width=32, patch_size=4, image_size=32),
+                 text_cfg=CLIPTextCfg(context_length=16, vocab_size=49408, width=128, heads=4, layers=2))
+    loss_fn = ClipLoss()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader))
+    steps, step_time = 0, 0.0
+    for epoch in range(epochs):
+        loader.dataset.set_epoch(epoch)
+        model.train()
+        for batch in loader:
+            t = time.time()
+            img, txt, scale = model(batch['image'], batch['input_ids'])
+            loss = loss_fn(img, txt, scale)
+            opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+            step_time += time.time() - t; steps += 1
+    train_seconds = time.time() - start
+
+    class Towers(torch.nn.Module):  # memvlm's evaluation helpers call encode_image / encode_text(ids, mask)
+        def __init__(self, clip): super().__init__(); self.clip = clip
+        def encode_image(self, x): return F.normalize(self.clip.encode_image(x), dim=-1)
+        def encode_text(self, ids, mask=None): return F.normalize(self.clip.encode_text(ids), dim=-1)
+    towers = Towers(model).eval()
+    test = data['test']
+    image_embeds, labels = embed_images(towers, make_loader(ImageTextDataset(test, tok, image_transform(32), caption='first'), 256))
+    classifier = torch.stack([F.normalize(embed_texts(towers, tok, p).mean(0), dim=-1) for p in data.class_prompts])
+    acc = (image_embeds @ classifier.T).argmax(1).eq(labels).float().mean().item()
+    texts = sorted({c for caps in test['captions'] for c in caps})
+    relevant = torch.tensor([[t in caps for t in texts] for caps in test['captions']])
+    r = retrieval_recall(image_embeds, embed_texts(towers, tok, texts), relevant)
+    return {'zero_shot_acc': acc, 'retrieval_r1_i2t': r['i2t_r1'], 'seconds': time.time() - start,
+            'train_seconds': train_seconds, 'step_ms': 1000 * step_time / steps}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--seeds', type=int, nargs='+', default=[0])
+    p.add_argument('--no-reference', action='store_true', help='skip the open_clip reference run')
+    args = p.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    rows = {'memvlm': [run_memvlm(s) for s in args.seeds]}
+    if not args.no_reference: rows['open_clip'] = [run_open_clip(s) for s in args.seeds]
+    print(f'{"system":10s} {"seed":>4s} {"zero-shot":>9s} {"R@1 i2t":>8s} {"seconds":>8s} {"ms/step":>8s}')
+    for name, runs in rows.items():
+        for s, r in zip(args.seeds, runs):
+            print(f'{name:10s} {s:4d} {r["zero_shot_acc"]:9.4f} {r["retrieval_r1_i2t"]:8.4f} {r["seconds"]:8.1f} {r["step_ms"]:8.1f}')
+    mean = lambda name, k: statistics.mean(r[k] for r in rows[name])
+    summary = {'zero_shot_acc': mean('memvlm', 'zero_shot_acc'), 'retrieval_r1_i2t': mean('memvlm', 'retrieval_r1_i2t'),
+               'seconds': mean('memvlm', 'seconds'), 'min_zero_shot_acc': min(r['zero_shot_acc'] for r in rows['memvlm']),
+               'seeds': args.seeds, 'threads': torch.get_num_threads()}
+    if 'open_clip' in rows:
+        summary.update({'open_clip_zero_shot_acc': mean('open_clip', 'zero_shot_acc'), 'open_clip_seconds': mean('open_clip', 'seconds'),
+                        'speedup_vs_open_clip': mean('open_clip', 'seconds') / summary['seconds'],
+                        'step_speedup_vs_open_clip': mean('open_clip', 'step_ms') / mean('memvlm', 'step_ms')})
+    print(f"\nmemvlm: {summary['zero_shot_acc']:.2%} zero-shot in {summary['seconds']:.0f} s (target: >= 98% within 120 s)")
+    if 'open_clip' in rows:
+        print(f"open_clip reference: {summary['open_clip_zero_shot_acc']:.2%} in {summary['open_clip_seconds']:.0f} s; "
+              f"memvlm is {summary['speedup_vs_open_clip']:.2f}x faster end to end, {summary['step_speedup_vs_open_clip']:.2f}x per step")
+    print(json.dumps(summary))
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Run every notebook in nbs/ as a test, the way `nbdev_test` does, so pytest reports one result per notebook."""
+from pathlib import Path
+
+import pytest
+from nbdev.config import get_config
+from nbdev.test import test_nb
+
+NBS = Path(__file__).resolve().parent.parent / 'nbs'
+NOTEBOOKS = sorted(p for p in NBS.rglob('*.ipynb') if not any(part.startswith(('.', '_')) for part in p.relative_to(NBS).parts))
+
+
+@pytest.mark.parametrize('notebook', NOTEBOOKS, ids=[str(p.relative_to(NBS)) for p in NOTEBOOKS])
+def test_notebook(notebook, monkeypatch):
+    monkeypatch.setenv('MPLBACKEND', 'agg')
+    skip_flags = get_config().tst_flags.split('|')  # cells marked slow, gpu or network are skipped, as nbdev_test does
+    ok, _ = test_nb(notebook, skip_flags=skip_flags, showerr=True)
+    assert ok, f'{notebook.name} failed; the traceback is printed above'
