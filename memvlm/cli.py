@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['Run', 'prepare_run', 'run_training', 'train', 'build_parser', 'main']
 
-# %% ../nbs/12_cli.ipynb #b7439ec6
+# %% ../nbs/12_cli.ipynb #cd4b12e0
 import argparse
 import json
 import os
@@ -24,7 +24,7 @@ from .evaluation import evaluate_clip
 from .models import MemoryCLIP, load_checkpoint, model_config
 from .training import Trainer, plot_history, resolve_device
 
-# %% ../nbs/12_cli.ipynb #ab517a72
+# %% ../nbs/12_cli.ipynb #29ab1537
 @dataclass
 class Run:
     "Everything `run_training` needs, built and checked by `prepare_run`."
@@ -58,7 +58,7 @@ def prepare_run(cfg: RunConfig) -> Run:
     model = MemoryCLIP(replace(arch, vocab_size=tokenizer.vocab_size))
     return Run(cfg, data, tokenizer, model, device, output_dir)
 
-# %% ../nbs/12_cli.ipynb #cdd61754
+# %% ../nbs/12_cli.ipynb #8678ab11
 def run_training(run: Run, progress: bool = True) -> dict:
     "Train `run.model`, evaluate the best checkpoint on the test split, write the report; returns the metrics."
     cfg, data, tok, out = run.config, run.data, run.tokenizer, run.output_dir
@@ -84,12 +84,12 @@ def run_training(run: Run, progress: bool = True) -> dict:
     (out / 'metrics.json').write_text(json.dumps(metrics, indent=1))
     return metrics
 
-# %% ../nbs/12_cli.ipynb #e4208450
+# %% ../nbs/12_cli.ipynb #c7990f9b
 def train(cfg: Optional[RunConfig] = None, progress: bool = True) -> dict:
     "Prepare and run a training run from `cfg` (default: `get_config()`, i.e. defaults, YAML and `MEMVLM_*`)."
     return run_training(prepare_run(cfg or get_config()), progress)
 
-# %% ../nbs/12_cli.ipynb #a1016d07
+# %% ../nbs/12_cli.ipynb #1cc60744
 def _flag(name: str) -> str: return '--' + name.replace('_', '-')
 
 def build_parser() -> argparse.ArgumentParser:

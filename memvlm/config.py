@@ -8,7 +8,7 @@ __all__ = ['ENV_PREFIX', 'SECTIONS', 'option', 'DataConfig', 'ModelConfig', 'Tra
            'apply_env', 'config_to_dict', 'save_config', 'load_config', 'get_config', 'env_table',
            'runtime_environment', 'default_data_dir', 'resolve_output_dir', 'seed_everything']
 
-# %% ../nbs/00_config.ipynb #8dd196ba
+# %% ../nbs/00_config.ipynb #144e7395
 import os
 import random
 import re
@@ -21,12 +21,12 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 import numpy as np
 import yaml
 
-# %% ../nbs/00_config.ipynb #50ddb3aa
+# %% ../nbs/00_config.ipynb #606b51cb
 def option(default, help: str, **checks):
     "A dataclass field with a help text and optional checks (`min`, `max`, `pattern`, `accepted`)."
     return field(default=default, metadata={'help': help, **checks})
 
-# %% ../nbs/00_config.ipynb #9ebaec94
+# %% ../nbs/00_config.ipynb #a2e273de
 @dataclass
 class DataConfig:
     "Where the data comes from and how it becomes batches."
@@ -70,7 +70,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str = option('', "Where checkpoints, metrics and plots are written; empty: `runs/<model>-<dataset>` under `/kaggle/working` on Kaggle, `/content` on Colab, else the current folder.")
 
-# %% ../nbs/00_config.ipynb #379e9621
+# %% ../nbs/00_config.ipynb #e49892d9
 ENV_PREFIX = 'MEMVLM_'
 SECTIONS = {'data': DataConfig, 'model': ModelConfig, 'train': TrainConfig}
 
@@ -104,7 +104,7 @@ def config_options() -> list[Option]:
     if dupes: raise RuntimeError(f'option names must be unique across sections, repeated: {sorted(dupes)}')
     return opts
 
-# %% ../nbs/00_config.ipynb #a6604731
+# %% ../nbs/00_config.ipynb #edcbfcc4
 class ConfigError(ValueError):
     "One or more invalid run options; `problems` lists each with the accepted values."
     def __init__(self, problems: list[str]):
@@ -166,7 +166,7 @@ def parse_value(opt: Option, raw: Any, source: str) -> Any:
     if opt.checks.get('max') is not None and value > opt.checks['max']: raise bad
     return value
 
-# %% ../nbs/00_config.ipynb #234779d4
+# %% ../nbs/00_config.ipynb #f636b5cb
 def _find_option(name: str, opts: list[Option]) -> Optional[Option]:
     return next((o for o in opts if o.name == name or o.key == name), None)
 
@@ -196,7 +196,7 @@ def update_config(cfg: RunConfig, values: dict, source: str = 'config', label=No
     if problems: raise ConfigError(problems)
     return cfg
 
-# %% ../nbs/00_config.ipynb #eb066b38
+# %% ../nbs/00_config.ipynb #8d7fcae1
 def env_values(environ: Optional[dict] = None) -> dict:
     "The `MEMVLM_*` option variables set in `environ` (default `os.environ`), as a flat mapping."
     environ = os.environ if environ is None else environ
@@ -213,7 +213,7 @@ def apply_env(cfg: RunConfig, environ: Optional[dict] = None) -> RunConfig:
     if problems: raise ConfigError(problems)
     return cfg
 
-# %% ../nbs/00_config.ipynb #f6221fdf
+# %% ../nbs/00_config.ipynb #a03595bb
 def config_to_dict(cfg: RunConfig) -> dict:
     "Nested plain-dict form of `cfg` (what YAML holds)."
     return asdict(cfg)
@@ -233,7 +233,7 @@ def load_config(path, base: Optional[RunConfig] = None) -> RunConfig:
     if not isinstance(values, dict): raise ConfigError([f'{path}: expected a mapping of options, got {type(values).__name__}'])
     return update_config(base or RunConfig(), values, source=str(path))
 
-# %% ../nbs/00_config.ipynb #4fbb12fa
+# %% ../nbs/00_config.ipynb #a18974a1
 def get_config(path=None, environ: Optional[dict] = None, overrides: Optional[dict] = None) -> RunConfig:
     "Defaults, then the YAML file `path` (or `MEMVLM_CONFIG`), then `MEMVLM_*` variables, then `overrides`."
     environ = os.environ if environ is None else environ
@@ -242,7 +242,7 @@ def get_config(path=None, environ: Optional[dict] = None, overrides: Optional[di
     cfg = apply_env(cfg, environ)
     return update_config(cfg, overrides, source='arguments') if overrides else cfg
 
-# %% ../nbs/00_config.ipynb #826710ac
+# %% ../nbs/00_config.ipynb #03ad807d
 def env_table() -> str:
     "Markdown table of every `MEMVLM_*` variable: default, accepted values and meaning."
     def show(v): return '(empty)' if v in (None, '') else f'`{v}`'
@@ -251,7 +251,7 @@ def env_table() -> str:
     rows += [f'| `{o.env}` | {show(o.default)} | {accepted_values(o)} | {o.help} |' for o in config_options()]
     return '\n'.join(rows)
 
-# %% ../nbs/00_config.ipynb #fb9d0ead
+# %% ../nbs/00_config.ipynb #143bca16
 def runtime_environment(environ: Optional[dict] = None) -> str:
     "`'kaggle'`, `'colab'` or `'local'`."
     environ = os.environ if environ is None else environ
@@ -271,7 +271,7 @@ def resolve_output_dir(cfg: RunConfig, environ: Optional[dict] = None) -> Path:
     dataset = re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(cfg.data.dataset).stem)
     return Path(_WORK_ROOTS[runtime_environment(environ)]) / 'runs' / f'{cfg.model.model}-{dataset}'
 
-# %% ../nbs/00_config.ipynb #de823b16
+# %% ../nbs/00_config.ipynb #48038783
 def seed_everything(seed: int) -> int:
     "Seed `random`, NumPy and PyTorch; returns the seed."
     import torch

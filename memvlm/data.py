@@ -7,7 +7,7 @@ __all__ = ['log', 'DIGIT_NAMES', 'DIGIT_TEMPLATES', 'SPLIT_FRACTIONS', 'DATASETS
            'ImageTextData', 'split_indices', 'load_digits_captions', 'write_digits_csv', 'load_csv_captions',
            'load_image_text_data', 'CaptionTokenizer', 'image_transform', 'ImageTextDataset', 'collate', 'make_loader']
 
-# %% ../nbs/01_data.ipynb #5f7f3de7
+# %% ../nbs/01_data.ipynb #6bafeb3e
 import logging
 import random
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ from sklearn.model_selection import train_test_split
 
 log = logging.getLogger(__name__)
 
-# %% ../nbs/01_data.ipynb #7fc69d80
+# %% ../nbs/01_data.ipynb #383facfa
 DIGIT_NAMES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
 DIGIT_TEMPLATES = ('a handwritten digit {name}', 'the number {digit} written by hand', 'a photo of the digit {digit}',
                    'a scanned handwritten {name}', 'the digit {name}', 'an image of the number {name}')
@@ -32,7 +32,7 @@ def digit_captions(label: int) -> list[str]:
     "Every caption phrasing of digit `label`."
     return [t.format(name=DIGIT_NAMES[label], digit=label) for t in DIGIT_TEMPLATES]
 
-# %% ../nbs/01_data.ipynb #ca3aaba9
+# %% ../nbs/01_data.ipynb #20beb986
 @dataclass
 class ImageTextData:
     "The splits of an image-caption dataset, and what zero-shot evaluation needs to know about its classes."
@@ -48,7 +48,7 @@ class ImageTextData:
         sizes = ', '.join(f'{k}: {len(v)}' for k, v in self.splits.items())
         return f'ImageTextData({self.name!r}, {sizes}, classes: {len(self.classnames) if self.labelled else None})'
 
-# %% ../nbs/01_data.ipynb #668cd02e
+# %% ../nbs/01_data.ipynb #24dc36cc
 SPLIT_FRACTIONS = {'validation': 0.1, 'test': 0.2}
 
 def split_indices(n: int, labels: Optional[Sequence[int]] = None, seed: int = 0,
@@ -65,7 +65,7 @@ def split_indices(n: int, labels: Optional[Sequence[int]] = None, seed: int = 0,
     train, val = cut(rest, sizes['validation'])
     return {'train': np.sort(train), 'validation': np.sort(val), 'test': np.sort(test)}
 
-# %% ../nbs/01_data.ipynb #5e9d55c9
+# %% ../nbs/01_data.ipynb #33a06da4
 def _digit_images():
     from sklearn.datasets import load_digits
     digits = load_digits()
@@ -82,7 +82,7 @@ def load_digits_captions(seed: int = 0) -> ImageTextData:
     splits = datasets.DatasetDict({k: full.select(v) for k, v in split_indices(len(full), labels, seed).items()})
     return ImageTextData(splits, 'digits-captions', list(DIGIT_NAMES), [digit_captions(c) for c in range(10)])
 
-# %% ../nbs/01_data.ipynb #38d836f3
+# %% ../nbs/01_data.ipynb #d472144b
 def write_digits_csv(folder, per_class: int = 6, image_size: int = 32, seed: int = 0) -> Path:
     "Write `per_class` digit images per class as PNGs, with a `captions.csv` (`filepath,caption,label`) beside them."
     import pandas as pd
@@ -97,7 +97,7 @@ def write_digits_csv(folder, per_class: int = 6, image_size: int = 32, seed: int
     pd.DataFrame(rows).to_csv(folder / 'captions.csv', index=False)
     return folder / 'captions.csv'
 
-# %% ../nbs/01_data.ipynb #014d729e
+# %% ../nbs/01_data.ipynb #f026f1a3
 def _class_prompts_from_captions(captions: Sequence[Sequence[str]], labels: Sequence[int], n_classes: int, k: int = 8):
     "Per class, the `k` most frequent distinct captions."
     from collections import Counter
@@ -133,7 +133,7 @@ def load_csv_captions(path, filepath_key: str = 'filepath', caption_key: str = '
         class_prompts = _class_prompts_from_captions(splits['train']['captions'], splits['train']['label'], len(classnames))
     return ImageTextData(splits, path.stem, classnames, class_prompts)
 
-# %% ../nbs/01_data.ipynb #ebbe88e9
+# %% ../nbs/01_data.ipynb #ea6ad7ec
 DATASETS: dict[str, Callable[..., ImageTextData]] = {'digits-captions': load_digits_captions}
 
 def load_image_text_data(name_or_path: str, data_dir=None, seed: int = 0) -> ImageTextData:
@@ -147,7 +147,7 @@ def load_image_text_data(name_or_path: str, data_dir=None, seed: int = 0) -> Ima
     if path.suffix.lower() in ('.csv', '.tsv'): return load_csv_captions(path, seed=seed)
     raise ValueError(f'{path}: unsupported dataset format; memvlm reads .csv and .tsv files here')
 
-# %% ../nbs/01_data.ipynb #a19e1400
+# %% ../nbs/01_data.ipynb #50c97dc8
 SOT, EOT = 49406, 49407  # open_clip's start and end of text tokens
 _BPE = None
 
@@ -195,7 +195,7 @@ class CaptionTokenizer:
     def from_dict(cls, d: dict) -> 'CaptionTokenizer': return cls(d['context_length'], d.get('token_ids'))
     def __repr__(self): return f'CaptionTokenizer(context_length={self.context_length}, vocab_size={self.vocab_size})'
 
-# %% ../nbs/01_data.ipynb #86794b07
+# %% ../nbs/01_data.ipynb #3abde0be
 def _rgb(img: Image.Image) -> Image.Image: return img if img.mode == 'RGB' else img.convert('RGB')
 
 def image_transform(image_size: int, train: bool = False, augment: bool = False,
@@ -206,7 +206,7 @@ def image_transform(image_size: int, train: bool = False, augment: bool = False,
     ops += [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
     return T.Compose(ops)
 
-# %% ../nbs/01_data.ipynb #97ca43b9
+# %% ../nbs/01_data.ipynb #aef97110
 class ImageTextDataset(torch.utils.data.Dataset):
     "One split as samples in the batch format: image tensor, token ids, attention mask, caption, label."
     def __init__(self, split: datasets.Dataset, tokenizer: CaptionTokenizer, transform: Callable,
@@ -235,13 +235,15 @@ class ImageTextDataset(torch.utils.data.Dataset):
         return sample
 
 def collate(samples: list[dict]) -> dict:
-    "Stack samples into the batch dict (`caption` stays a list of str)."
+    "Stack samples into the batch dict (`caption` stays a list of str); token columns that are padding throughout are cut."
     batch = {k: torch.stack([s[k] for s in samples]) for k in ('image', 'input_ids', 'attention_mask')}
+    length = int(batch['attention_mask'].sum(1).max())  # the text tower's cost grows with the padded length
+    batch['input_ids'], batch['attention_mask'] = batch['input_ids'][:, :length], batch['attention_mask'][:, :length]
     batch['caption'] = [s['caption'] for s in samples]
     if 'label' in samples[0]: batch['label'] = torch.tensor([s['label'] for s in samples])
     return batch
 
-# %% ../nbs/01_data.ipynb #17ef548d
+# %% ../nbs/01_data.ipynb #0ad477a4
 def make_loader(dataset: ImageTextDataset, batch_size: int, train: bool = False, num_workers: int = 0,
                 seed: int = 0) -> torch.utils.data.DataLoader:
     "A DataLoader in the batch format; training loaders shuffle reproducibly and drop a last partial batch."

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['STEMS', 'ENCODERS', 'EncoderOutput', 'ConvStem', 'PatchStem', 'ViTEncoder', 'TextEncoder', 'create_encoder']
 
-# %% ../nbs/03_encoders.ipynb #6731deba
+# %% ../nbs/03_encoders.ipynb #46a67b3a
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from .layers import Transformer
 
-# %% ../nbs/03_encoders.ipynb #65d8958c
+# %% ../nbs/03_encoders.ipynb #204c7dbb
 @dataclass
 class EncoderOutput:
     "What every encoder returns."
@@ -23,7 +23,7 @@ class EncoderOutput:
     pooled: torch.Tensor  # (B, D) one vector per example
     prefix: Optional[torch.Tensor] = None  # (B, P, D) outputs at the prefix tokens, if any were given
 
-# %% ../nbs/03_encoders.ipynb #caf0d3c2
+# %% ../nbs/03_encoders.ipynb #9c317be2
 class ConvStem(nn.Sequential):
     "log2(`patch_size`) stride-2 3×3 convolutions that turn an image into a grid of `width`-dim patch features."
     def __init__(self, in_chans: int, width: int, patch_size: int):
@@ -42,7 +42,7 @@ class PatchStem(nn.Conv2d):
 
 STEMS = {'conv': ConvStem, 'patch': PatchStem}
 
-# %% ../nbs/03_encoders.ipynb #bffb49a5
+# %% ../nbs/03_encoders.ipynb #a80070a9
 class ViTEncoder(nn.Module):
     "A small vision transformer: stem, learned positions, transformer, mean pooling over patch tokens."
     def __init__(self, image_size: int = 32, patch_size: int = 8, width: int = 128, depth: int = 4, num_heads: int = 4,
@@ -67,7 +67,7 @@ class ViTEncoder(nn.Module):
         tokens = x[:, n:]
         return EncoderOutput(tokens=tokens, pooled=tokens.mean(1), prefix=x[:, :n] if n else None)
 
-# %% ../nbs/03_encoders.ipynb #b9e5722d
+# %% ../nbs/03_encoders.ipynb #d1b38ba6
 class TextEncoder(nn.Module):
     "A small text transformer over token ids; pooled output is the mean over real (unpadded) tokens."
     def __init__(self, vocab_size: int, context_length: int = 16, width: int = 128, depth: int = 2, num_heads: int = 4,
@@ -89,7 +89,7 @@ class TextEncoder(nn.Module):
         m = attention_mask.to(x.dtype).unsqueeze(-1)
         return EncoderOutput(tokens=x, pooled=(x * m).sum(1) / m.sum(1).clamp(min=1))
 
-# %% ../nbs/03_encoders.ipynb #4525d77f
+# %% ../nbs/03_encoders.ipynb #998deaeb
 ENCODERS: dict[str, Callable[..., nn.Module]] = {'vit': ViTEncoder, 'text-transformer': TextEncoder}
 
 def create_encoder(name: str, **kwargs) -> nn.Module:

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['embed_images', 'embed_texts', 'zero_shot_classifier', 'zero_shot_accuracy', 'retrieval_recall', 'evaluate_clip']
 
-# %% ../nbs/10_evaluation.ipynb #7228e17b
+# %% ../nbs/10_evaluation.ipynb #e831c71d
 from typing import Optional, Sequence
 
 import torch
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .data import CaptionTokenizer, ImageTextData, ImageTextDataset, image_transform, make_loader
 
-# %% ../nbs/10_evaluation.ipynb #ee6c8ca7
+# %% ../nbs/10_evaluation.ipynb #59c8900b
 @torch.no_grad()
 def embed_images(model: nn.Module, loader, device='cpu') -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     "Unit-length image embeddings of every batch in `loader`, and the labels if the batches have them."
@@ -35,7 +35,7 @@ def embed_texts(model: nn.Module, tokenizer: CaptionTokenizer, texts: Sequence[s
         out.append(model.encode_text(tokens['input_ids'].to(device), tokens['attention_mask'].to(device)).float().cpu())
     return torch.cat(out)
 
-# %% ../nbs/10_evaluation.ipynb #726260ba
+# %% ../nbs/10_evaluation.ipynb #e8c7b8d1
 def zero_shot_classifier(model: nn.Module, tokenizer: CaptionTokenizer, class_prompts: Sequence[Sequence[str]], device='cpu') -> torch.Tensor:
     "(C, D) class embeddings: the normalised mean of each class's prompt embeddings."
     return torch.stack([F.normalize(embed_texts(model, tokenizer, prompts, device).mean(0), dim=-1) for prompts in class_prompts])
@@ -44,7 +44,7 @@ def zero_shot_accuracy(image_embeds: torch.Tensor, labels: torch.Tensor, classif
     "Fraction of images whose most similar class embedding is their label's."
     return (image_embeds @ classifier.T).argmax(1).eq(labels).float().mean().item()
 
-# %% ../nbs/10_evaluation.ipynb #bbd44946
+# %% ../nbs/10_evaluation.ipynb #d0607de6
 def _recall_at(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int]) -> dict:
     "Per row: is a relevant column among the top k? Rank = irrelevant columns scoring at least the best relevant one."
     if not relevant.any(1).all(): raise ValueError('every query needs at least one relevant item')
@@ -58,7 +58,7 @@ def retrieval_recall(image_embeds: torch.Tensor, text_embeds: torch.Tensor, rele
     i2t, t2i = _recall_at(scores, relevant, ks), _recall_at(scores.T, relevant.T, ks)
     return {**{f'i2t_r{k}': v for k, v in i2t.items()}, **{f't2i_r{k}': v for k, v in t2i.items()}}
 
-# %% ../nbs/10_evaluation.ipynb #888a3ae7
+# %% ../nbs/10_evaluation.ipynb #6a06197b
 def evaluate_clip(model: nn.Module, data: ImageTextData, split: str, tokenizer: CaptionTokenizer, device='cpu',
                   batch_size: int = 256, prefix: str = '') -> dict:
     "Zero-shot accuracy (labelled data) and retrieval recall of `model` on `data[split]`; keys start with `prefix`."

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['Attention', 'Mlp', 'TransformerBlock', 'init_linear', 'Transformer']
 
-# %% ../nbs/02_layers.ipynb #87a152aa
+# %% ../nbs/02_layers.ipynb #521a0344
 from typing import Optional
 
 import torch
@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-# %% ../nbs/02_layers.ipynb #afa4f83e
+# %% ../nbs/02_layers.ipynb #30b353ae
 class Attention(nn.Module):
     "Multi-head self-attention on PyTorch's fused `scaled_dot_product_attention`."
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, dropout: float = 0.0):
@@ -35,7 +35,7 @@ class Attention(nn.Module):
                                              is_causal=causal and mask is None)
         return self.proj(out.transpose(1, 2).reshape(B, L, D))
 
-# %% ../nbs/02_layers.ipynb #eea05f08
+# %% ../nbs/02_layers.ipynb #2636bd11
 class Mlp(nn.Module):
     "Two-layer feed-forward network with a GELU between."
     def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0):

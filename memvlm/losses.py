@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['clip_loss', 'contrastive_step']
 
-# %% ../nbs/08_losses.ipynb #a7c6fb84
+# %% ../nbs/08_losses.ipynb #613f3632
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# %% ../nbs/08_losses.ipynb #6b967b95
+# %% ../nbs/08_losses.ipynb #c68c350d
 def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     "Symmetric InfoNCE: row i of `image_embeds` matches row i of `text_embeds`, every other row is a negative."
     if image_embeds.shape != text_embeds.shape:
@@ -19,7 +19,7 @@ def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale
     labels = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
-# %% ../nbs/08_losses.ipynb #10a92d2f
+# %% ../nbs/08_losses.ipynb #157d1fed
 def contrastive_step(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
     "CLIP loss of `model` on `batch`; logs the learned logit scale."
     out = model(batch['image'], batch['input_ids'], batch['attention_mask'])

@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['MemoryTokens']
 
-# %% ../nbs/05_memory.ipynb #17949a65
+# %% ../nbs/05_memory.ipynb #a2756dd0
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# %% ../nbs/05_memory.ipynb #fc6fb77f
+# %% ../nbs/05_memory.ipynb #246c5702
 class MemoryTokens(nn.Module):
     "`num_tokens` learnable `dim`-dim memory tokens, expanded over a batch for an encoder's `prefix_tokens`."
     def __init__(self, num_tokens: int, dim: int, init_std: float = 0.02):

@@ -6,7 +6,7 @@
 __all__ = ['MODEL_CONFIGS', 'MemoryCLIPConfig', 'CLIPOutput', 'MemoryCLIP', 'register_model', 'list_models', 'model_config',
            'create_model', 'Checkpoint', 'save_checkpoint', 'load_checkpoint']
 
-# %% ../nbs/07_models.ipynb #0c04753c
+# %% ../nbs/07_models.ipynb #db59b47d
 import json
 import math
 import os
@@ -24,7 +24,7 @@ from .encoders import TextEncoder, ViTEncoder
 from .layers import init_linear
 from .memory import MemoryTokens
 
-# %% ../nbs/07_models.ipynb #6ae86917
+# %% ../nbs/07_models.ipynb #e0e9042e
 @dataclass
 class MemoryCLIPConfig:
     "Architecture of a `MemoryCLIP`."
@@ -52,7 +52,7 @@ class CLIPOutput:
     logit_scale: torch.Tensor  # scalar: 1 / temperature
     def logits_per_image(self) -> torch.Tensor: return self.logit_scale * self.image_embeds @ self.text_embeds.T
 
-# %% ../nbs/07_models.ipynb #d1f3255d
+# %% ../nbs/07_models.ipynb #57d5ac81
 class MemoryCLIP(nn.Module):
     "CLIP-style dual encoder whose vision transformer carries learnable memory tokens."
     def __init__(self, config: MemoryCLIPConfig = MemoryCLIPConfig()):
@@ -85,7 +85,7 @@ class MemoryCLIP(nn.Module):
         "Recompute transformer activations in the backward pass to save memory."
         self.visual.transformer.grad_checkpointing = self.text.transformer.grad_checkpointing = enable
 
-# %% ../nbs/07_models.ipynb #aa4bf0e2
+# %% ../nbs/07_models.ipynb #5831a785
 MODEL_CONFIGS: dict[str, MemoryCLIPConfig] = {}
 
 def register_model(name: str, config: MemoryCLIPConfig) -> MemoryCLIPConfig:
@@ -118,7 +118,7 @@ def create_model(name_or_config: Union[str, MemoryCLIPConfig] = 'memclip-tiny', 
     "Build a `MemoryCLIP` from a registered name or a config, with field `overrides`."
     return MemoryCLIP(model_config(name_or_config, **overrides))
 
-# %% ../nbs/07_models.ipynb #cee51c2e
+# %% ../nbs/07_models.ipynb #ed7611d3
 @dataclass
 class Checkpoint:
     "What `load_checkpoint` returns."

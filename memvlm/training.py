@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['resolve_device', 'autocast_context', 'param_groups', 'Trainer', 'plot_history']
 
-# %% ../nbs/09_training.ipynb #2ce7955b
+# %% ../nbs/09_training.ipynb #0faa05fb
 import contextlib
 import csv
 import math
@@ -23,7 +23,7 @@ from .data import CaptionTokenizer
 from .losses import contrastive_step
 from .models import save_checkpoint
 
-# %% ../nbs/09_training.ipynb #174b119e
+# %% ../nbs/09_training.ipynb #78456f41
 def resolve_device(name: str = 'auto') -> torch.device:
     "`'auto'` picks CUDA, then Apple's MPS, then the CPU; other names must be available here."
     if name == 'auto':
@@ -43,7 +43,7 @@ def autocast_context(device: torch.device, precision: str):
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
     return torch.autocast(device.type, dtype=dtype)
 
-# %% ../nbs/09_training.ipynb #a764f89b
+# %% ../nbs/09_training.ipynb #6c4d3b20
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     "Two AdamW groups: Linear/Conv weights with `weight_decay`, every other parameter without."
     decay = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))}
@@ -51,7 +51,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{'params': [p for p in params if id(p) in decay], 'weight_decay': weight_decay},
             {'params': [p for p in params if id(p) not in decay], 'weight_decay': 0.0}]
 
-# %% ../nbs/09_training.ipynb #3e58cea6
+# %% ../nbs/09_training.ipynb #a2a3b72e
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -127,9 +127,7 @@ class Trainer:
                 bar.set_postfix(loss=f'{losses[-1]:.3f}', lr=f"{opt.param_groups[0]['lr']:.2e}")
             record = {'epoch': epoch + 1, 'step': step, 'lr': opt.param_groups[0]['lr'], 'train_loss': sum(losses) / len(losses), **logs}
             if self.val_loader is not None: record['val_loss'] = self.validation_loss()
-            if self.evaluate is not None:
-                model.eval()
-                record.update(self.evaluate(model))
+            if self.evaluate is not None: record.update(self.evaluate(model.eval()))
             record['seconds'] = time.time() - start
             self._log(record)
             if self.monitor in record and self._better(record[self.monitor]):
@@ -140,7 +138,7 @@ class Trainer:
                 tqdm.write(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in record.items()))
         return self.history
 
-# %% ../nbs/09_training.ipynb #24e11791
+# %% ../nbs/09_training.ipynb #f121dc0b
 def plot_history(history: list[dict], path=None):
     "Loss curves (left) and validation metrics (right) from `Trainer.fit`'s records; saved to `path` if given."
     import matplotlib.pyplot as plt
