@@ -5,10 +5,9 @@
 # %% auto #0
 __all__ = ['Run', 'prepare_run', 'run_training', 'train', 'build_parser', 'main']
 
-# %% ../nbs/12_cli.ipynb #cd4b12e0
+# %% ../nbs/12_cli.ipynb #71145a39
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -22,9 +21,9 @@ from .config import (ConfigError, RunConfig, config_options, default_data_dir, g
 from .data import CaptionTokenizer, ImageTextData, ImageTextDataset, image_transform, load_image_text_data, make_loader
 from .evaluation import evaluate_clip
 from .models import MemoryCLIP, load_checkpoint, model_config
-from .training import Trainer, plot_history, resolve_device
+from .training import Trainer, autocast_context, plot_history, resolve_device
 
-# %% ../nbs/12_cli.ipynb #29ab1537
+# %% ../nbs/12_cli.ipynb #1330a260
 @dataclass
 class Run:
     "Everything `run_training` needs, built and checked by `prepare_run`."
@@ -46,6 +45,7 @@ def prepare_run(cfg: RunConfig) -> Run:
     "Seed, pick the device, load the data, build tokenizer and model, check the output folder."
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
+    autocast_context(device, cfg.train.precision)  # a precision this device cannot run fails here, not at the first step
     output_dir = resolve_output_dir(cfg)
     _check_writable(output_dir)
     data = load_image_text_data(cfg.data.dataset, cfg.data.data_dir or default_data_dir())

@@ -5,10 +5,9 @@
 # %% auto #0
 __all__ = ['resolve_device', 'autocast_context', 'param_groups', 'Trainer', 'plot_history']
 
-# %% ../nbs/09_training.ipynb #0faa05fb
+# %% ../nbs/09_training.ipynb #3865e51e
 import contextlib
 import csv
-import math
 import time
 from pathlib import Path
 from typing import Callable, Optional

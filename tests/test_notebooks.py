@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 from nbdev.config import get_config
-from nbdev.test import test_nb
+from nbdev.test import test_nb as run_notebook  # renamed so pytest does not collect it
 
 NBS = Path(__file__).resolve().parent.parent / 'nbs'
 NOTEBOOKS = sorted(p for p in NBS.rglob('*.ipynb') if not any(part.startswith(('.', '_')) for part in p.relative_to(NBS).parts))
@@ -13,5 +13,5 @@ NOTEBOOKS = sorted(p for p in NBS.rglob('*.ipynb') if not any(part.startswith(('
 def test_notebook(notebook, monkeypatch):
     monkeypatch.setenv('MPLBACKEND', 'agg')
     skip_flags = get_config().tst_flags.split('|')  # cells marked slow, gpu or network are skipped, as nbdev_test does
-    ok, _ = test_nb(notebook, skip_flags=skip_flags, showerr=True)
+    ok, _ = run_notebook(notebook, skip_flags=skip_flags, showerr=True)
     assert ok, f'{notebook.name} failed; the traceback is printed above'
