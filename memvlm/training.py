@@ -137,12 +137,12 @@ class Trainer:
                 tqdm.write(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in record.items()))
         return self.history
 
-# %% ../nbs/09_training.ipynb #f121dc0b
+# %% ../nbs/09_training.ipynb #752769cd
 def plot_history(history: list[dict], path=None):
-    "Loss curves (left) and validation metrics (right) from `Trainer.fit`'s records; saved to `path` if given."
+    "Loss curves (left) and validation accuracy and recall@1 (right) from `Trainer.fit`'s records; saved to `path` if given."
     import matplotlib.pyplot as plt
     epochs = [r['epoch'] for r in history]
-    metric_keys = [k for k in history[-1] if k.startswith('val_') and k != 'val_loss']
+    metric_keys = [k for k in history[-1] if k.startswith('val_') and k.endswith(('acc', '_r1'))]  # the headline metrics
     fig, axes = plt.subplots(1, 2 if metric_keys else 1, figsize=(9 if metric_keys else 4.5, 3.2), squeeze=False)
     ax = axes[0, 0]
     for k in ('train_loss', 'val_loss'):
