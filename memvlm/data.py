@@ -240,11 +240,11 @@ def collate(samples: list[dict]) -> dict:
     if 'label' in samples[0]: batch['label'] = torch.tensor([s['label'] for s in samples])
     return batch
 
-# %% ../nbs/01_data.ipynb #0ad477a4
+# %% ../nbs/01_data.ipynb #0372125c
 def make_loader(dataset: ImageTextDataset, batch_size: int, train: bool = False, num_workers: int = 0,
                 seed: int = 0) -> torch.utils.data.DataLoader:
     "A DataLoader in the batch format; training loaders shuffle reproducibly and drop a last partial batch."
     g = torch.Generator().manual_seed(seed)
+    # workers are started afresh each epoch (not persistent) so they see the dataset's `set_epoch`
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train and len(dataset) > batch_size,
-                                       num_workers=num_workers, collate_fn=collate, generator=g,
-                                       persistent_workers=num_workers > 0)
+                                       num_workers=num_workers, collate_fn=collate, generator=g)
