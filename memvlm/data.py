@@ -144,14 +144,16 @@ def load_image_text_data(name_or_path: str, data_dir=None, seed: int = 0) -> Ima
     if path.suffix.lower() in ('.csv', '.tsv'): return load_csv_captions(path, seed=seed)
     raise ValueError(f'{path}: unsupported dataset format; memvlm reads .csv and .tsv files here')
 
-# %% ../nbs/01_data.ipynb #50c97dc8
+# %% ../nbs/01_data.ipynb #86aa3760
 SOT, EOT = 49406, 49407  # open_clip's start and end of text tokens
 _BPE = None
 
 def _bpe():
     global _BPE
     if _BPE is None:
-        from open_clip.tokenizer import SimpleTokenizer  # imported lazily: open_clip is slow to import
+        try: from open_clip.tokenizer import SimpleTokenizer  # imported lazily: slow to import, and absent on some notebook images
+        except ImportError as e:
+            raise ImportError(f'the caption tokenizer needs open_clip ({e}); install it with: pip install open-clip-torch') from e
         _BPE = SimpleTokenizer()
     return _BPE
 

@@ -1,0 +1,28 @@
+"""Kaggle/Colab style use: the repository on sys.path, and open_clip missing from the notebook image."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCRIPT = f'''
+import builtins, sys
+real_import = builtins.__import__
+def without_open_clip(name, *args, **kwargs):
+    if name.split('.')[0] == 'open_clip': raise ModuleNotFoundError("No module named 'open_clip'")
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = without_open_clip
+sys.path.insert(0, {str(ROOT)!r})
+import memvlm.cli  # every module imports without open_clip
+from memvlm.data import CaptionTokenizer
+try:
+    CaptionTokenizer.build(['a handwritten digit seven'])
+except ImportError as e:
+    print(e)
+'''
+
+
+def test_library_imports_without_open_clip_and_names_the_install():
+    r = subprocess.run([sys.executable, '-c', SCRIPT], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert 'pip install open-clip-torch' in r.stdout
