@@ -42,7 +42,8 @@ def main():
             parts.append(src.strip())
         elif cell['cell_type'] == 'code' and 'hide' not in directives(src):
             code = '\n'.join(l for l in src.splitlines() if not l.startswith('#|')).strip()
-            if code: parts.append('```python\n' + code + '\n```')
+            echo = not re.search(r'^#\|\s*echo:\s*false', src, re.M)  # `#| echo: false`: the output without the code
+            if code and echo: parts.append('```python\n' + code + '\n```')
             parts += outputs_md(cell)
     (ROOT / 'README.md').write_text('\n\n'.join(p for p in parts if p) + '\n')
 
