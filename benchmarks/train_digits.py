@@ -11,11 +11,11 @@ Usage: python benchmarks/train_digits.py [--seeds 0 1 2] [--no-reference]
 """
 import argparse
 import json
-import math
 import statistics
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -33,12 +33,11 @@ def run_memvlm(seed: int) -> dict:
 
 
 def run_open_clip(seed: int, epochs: int = 20, batch_size: int = 128, lr: float = 1e-3) -> dict:
-    import open_clip
     from open_clip.loss import ClipLoss
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
     from memvlm.config import seed_everything
     from memvlm.data import CaptionTokenizer, ImageTextDataset, image_transform, load_digits_captions, make_loader
-    from memvlm.evaluation import embed_images, embed_texts, retrieval_recall
+    from memvlm.evaluation import evaluate_clip
     import datasets
     import torch.nn.functional as F
 
@@ -65,19 +64,13 @@ def run_open_clip(seed: int, epochs: int = 20, batch_size: int = 128, lr: float 
             steps += 1
     loop_seconds = time.time() - loop_start
 
-    class Towers(torch.nn.Module):  # memvlm's evaluation helpers call encode_image / encode_text(ids, mask)
-        def __init__(self, clip): super().__init__(); self.clip = clip
+    class Towers(torch.nn.Module):  # the interface memvlm's evaluation calls: encode_image, encode_text, config.image_size
+        def __init__(self, clip): super().__init__(); self.clip, self.config = clip, SimpleNamespace(image_size=32)
         def encode_image(self, x): return F.normalize(self.clip.encode_image(x), dim=-1)
-        def encode_text(self, ids, mask=None): return F.normalize(self.clip.encode_text(ids), dim=-1)
-    towers = Towers(model).eval()
-    test = data['test']
-    image_embeds, labels = embed_images(towers, make_loader(ImageTextDataset(test, tok, image_transform(32), caption='first'), 256))
-    classifier = torch.stack([F.normalize(embed_texts(towers, tok, p).mean(0), dim=-1) for p in data.class_prompts])
-    acc = (image_embeds @ classifier.T).argmax(1).eq(labels).float().mean().item()
-    texts = sorted({c for caps in test['captions'] for c in caps})
-    relevant = torch.tensor([[t in caps for t in texts] for caps in test['captions']])
-    r = retrieval_recall(image_embeds, embed_texts(towers, tok, texts), relevant)
-    return {'zero_shot_acc': acc, 'retrieval_r1_i2t': r['i2t_r1'], 'seconds': time.time() - start,
+        def encode_text(self, ids, mask=None):
+            return F.normalize(self.clip.encode_text(F.pad(ids, (0, 16 - ids.shape[1]))), dim=-1)
+    m = evaluate_clip(Towers(model), data, 'test', tok)
+    return {'zero_shot_acc': m['zero_shot_acc'], 'retrieval_r1_i2t': m['i2t_r1'], 'seconds': time.time() - start,
             'train_seconds': loop_seconds, 'step_ms': 1000 * loop_seconds / steps}
 
 

@@ -50,7 +50,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{'params': [p for p in params if id(p) in decay], 'weight_decay': weight_decay},
             {'params': [p for p in params if id(p) not in decay], 'weight_decay': 0.0}]
 
-# %% ../nbs/09_training.ipynb #a2a3b72e
+# %% ../nbs/09_training.ipynb #6c9ff7f8
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -129,7 +129,9 @@ class Trainer:
             if self.evaluate is not None: record.update(self.evaluate(model.eval()))
             record['seconds'] = time.time() - start
             self._log(record)
-            if self.monitor in record and self._better(record[self.monitor]):
+            if self.monitor not in record:
+                raise KeyError(f'monitor={self.monitor!r} is not among the logged values: {", ".join(record)}')
+            if self._better(record[self.monitor]):
                 self.best = record[self.monitor]
                 self._save('best', record)
             self._save('last', record)
