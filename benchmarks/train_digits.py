@@ -41,6 +41,9 @@ def run_open_clip(seed: int, epochs: int = 20, batch_size: int = 128, lr: float 
     import datasets
     import torch.nn.functional as F
 
+    def full_context(ids):  # memvlm's batches cut padding columns; open_clip's text tower wants all 16 positions
+        return F.pad(ids, (0, 16 - ids.shape[1]))
+
     start = time.time()
     seed_everything(seed)
     data = load_digits_captions()
@@ -57,8 +60,7 @@ def run_open_clip(seed: int, epochs: int = 20, batch_size: int = 128, lr: float 
         loader.dataset.set_epoch(epoch)
         model.train()
         for batch in loader:
-            ids = F.pad(batch['input_ids'], (0, 16 - batch['input_ids'].shape[1]))  # open_clip's text tower wants the full context
-            img, txt, scale = model(batch['image'], ids)
+            img, txt, scale = model(batch['image'], full_context(batch['input_ids']))
             loss = loss_fn(img, txt, scale)
             opt.zero_grad(); loss.backward(); opt.step(); sched.step()
             steps += 1
@@ -67,8 +69,7 @@ def run_open_clip(seed: int, epochs: int = 20, batch_size: int = 128, lr: float 
     class Towers(torch.nn.Module):  # the interface memvlm's evaluation calls: encode_image, encode_text, config.image_size
         def __init__(self, clip): super().__init__(); self.clip, self.config = clip, SimpleNamespace(image_size=32)
         def encode_image(self, x): return F.normalize(self.clip.encode_image(x), dim=-1)
-        def encode_text(self, ids, mask=None):
-            return F.normalize(self.clip.encode_text(F.pad(ids, (0, 16 - ids.shape[1]))), dim=-1)
+        def encode_text(self, ids, mask=None): return F.normalize(self.clip.encode_text(full_context(ids)), dim=-1)
     m = evaluate_clip(Towers(model), data, 'test', tok)
     return {'zero_shot_acc': m['zero_shot_acc'], 'retrieval_r1_i2t': m['i2t_r1'], 'seconds': time.time() - start,
             'train_seconds': loop_seconds, 'step_ms': 1000 * loop_seconds / steps}
