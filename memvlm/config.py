@@ -38,6 +38,7 @@ class DataConfig:
     augment: bool = option(True, "Random small rotations and shifts of training images.")
     num_workers: int = option(0, "DataLoader worker processes (0: load in the main process).", min=0)
 
+# %% ../nbs/00_config.ipynb #b1d0a001
 @dataclass
 class ModelConfig:
     "Which architecture to build; empty sizes keep the registered architecture's own."
@@ -49,6 +50,7 @@ class ModelConfig:
     text_width: Optional[int] = option(None, "Width of the text transformer.", min=8)
     text_depth: Optional[int] = option(None, "Blocks in the text transformer.", min=1)
 
+# %% ../nbs/00_config.ipynb #b1d0a002
 @dataclass
 class TrainConfig:
     "How the model is optimised."
@@ -62,6 +64,7 @@ class TrainConfig:
     device: str = option('auto', "Where to train: `auto` picks CUDA, then MPS, then the CPU.", pattern=r'auto|cpu|mps|cuda(:\d+)?', accepted='auto, cpu, cuda, cuda:N, mps')
     seed: int = option(0, "Seed of every random number generator, for runs that repeat exactly.", min=0)
 
+# %% ../nbs/00_config.ipynb #b1d0a003
 @dataclass
 class RunConfig:
     "Everything one `memvlm train` run needs."
