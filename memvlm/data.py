@@ -189,6 +189,31 @@ class CaptionTokenizer:
         if self.token_ids is not None: ids = self._lookup[ids] * mask
         return {'input_ids': ids, 'attention_mask': mask}
 
+    def decode(self, ids, attention_mask=None) -> list[str]:
+        "Caption text of token ids (one sequence or a batch; tensor or lists): stops at the end token, skips padding and the start token."
+        rows = torch.as_tensor(ids, dtype=torch.long)
+        if rows.dim() == 1: rows = rows[None]
+        if rows.dim() != 2: raise ValueError(f'decode expects token ids of shape (L,) or (B, L), got shape {tuple(rows.shape)}')
+        mask = None if attention_mask is None else torch.as_tensor(attention_mask).reshape(rows.shape).bool()
+        bpe, texts = _bpe(), []
+        for r, row in enumerate(rows.tolist()):
+            pieces = []
+            for j, t in enumerate(row):
+                if mask is not None and not mask[r, j]: continue
+                if self.token_ids is not None:  # compact id -> BPE id
+                    if t == self.PAD: continue
+                    if t == self.UNK: pieces.append('<unk></w>'); continue
+                    if not 2 <= t < self.vocab_size: raise ValueError(f'token id {t} is outside the compact vocabulary (0..{self.vocab_size - 1})')
+                    t = self.token_ids[t - 2]
+                elif t == 0 and mask is None: continue  # full vocabulary: 0 is padding (and the rare BPE piece '!'; a mask decides)
+                elif not 0 <= t <= EOT: raise ValueError(f'token id {t} is outside the vocabulary (0..{EOT})')
+                if t == EOT: break
+                if t == SOT: continue
+                pieces.append(bpe.decoder[t])
+            texts.append(bytearray(bpe.byte_decoder[c] for c in ''.join(pieces)).decode('utf-8', errors='replace')
+                         .replace('</w>', ' ').strip())
+        return texts
+
     def to_dict(self) -> dict: return {'context_length': self.context_length, 'token_ids': self.token_ids}
     @classmethod
     def from_dict(cls, d: dict) -> 'CaptionTokenizer': return cls(d['context_length'], d.get('token_ids'))
