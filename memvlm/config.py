@@ -30,12 +30,27 @@ def option(default, help: str, **checks):
 @dataclass
 class DataConfig:
     "Where the data comes from and how it becomes batches."
-    dataset: str = option('digits-captions', "A registered dataset name (`digits-captions`) or the path of a CSV file with `filepath,caption` columns.")
+    dataset: str = option('digits-captions', "What to train on (`memvlm.data.get_dataset`): a registered name (`digits-captions`), a hub preset (`mnist-captions`, `animal-faces-captions`, `coco-captions`, `conceptual-captions`, `localized-narratives`, `vqa`, `babylm`), `hf:OWNER/NAME` for any Hugging Face dataset, a path (a `save_to_disk` folder, Parquet/Arrow, CSV/TSV/JSON/JSONL with `filepath,caption`, a folder of class sub-folders, a COCO annotations JSON) or the name of a Kaggle input.")
     data_dir: str = option('', "Folder where datasets named relatively are looked up; empty: `/kaggle/input` on Kaggle, else the current folder.")
     image_size: Optional[int] = option(None, "Side of the square images given to the model, in pixels; empty: the architecture's own.", min=8)
     context_length: Optional[int] = option(None, "Caption length in tokens, start and end tokens included; empty: the architecture's own.", min=4)
     vocab: Literal['compact', 'full'] = option('compact', "Token vocabulary: `compact` keeps the BPE tokens the training captions use (fast on small data), `full` keeps all 49,408 of open_clip's.")
-    augment: bool = option(True, "Random small rotations and shifts of training images.")
+    augment: bool = option(True, "Augment training images (see augmentation).")
+    augmentation: Literal['affine', 'randaugment', 'trivialaugment', 'crop-flip'] = option('affine', "Training augmentation when augment is on: `affine` (small rotations and shifts), `randaugment` or `trivialaugment` (timm's auto-augment policies), `crop-flip` (open_clip's random resized crop plus horizontal flip).")
+    resize: Literal['squash', 'crop', 'pad'] = option('squash', "How images become square: `squash` (resize both sides), `crop` (shorter side to size, centre crop) or `pad` (longer side to size, pad the rest); images larger than max_image_pixels are reduced while decoding.")
+    max_image_pixels: int = option(100_000_000, "Images with more pixels than this are skipped and counted as undecodable (decompression-bomb guard).", min=1)
+    image_key: str = option('', "Column (or JSON key) holding the image or its file path; empty: the first of image, img, jpg, png, filepath, file_name, image_path, path.")
+    caption_key: str = option('', "Column holding the caption(s); empty: the first of captions, caption, text, title, sentences, sentence.")
+    label_key: str = option('', "Column holding the class label; empty: the first of label, labels, class, category (a dataset without one is unlabelled).")
+    question_key: str = option('', "Column holding a VQA question; empty: question.")
+    answer_key: str = option('', "Column holding a VQA answer; empty: the first of multiple_choice_answer, answer, answers.")
+    caption_template: str = option('a photo of a {name}', "Caption of each image of an image folder with one sub-folder per class; `{name}` is the folder name with `_` and `-` read as spaces.")
+    task: Literal['retrieval', 'captioning', 'vqa', 'classification'] = option('retrieval', "What samples carry (`memvlm.data.task_dataset`): `retrieval` (image + caption), `captioning` (image + caption tokens as targets), `vqa` (image + question tokens, answer as label), `classification` (image + label).")
+    modality_dropout: float = option(0.0, "Probability that a training sample loses its image and, independently, its text (zeroed; `has_image`/`has_text` flags in the batch).", min=0.0, max=1.0)
+    max_skip_fraction: float = option(0.05, "Largest fraction of examples that may be skipped as undecodable images or empty captions (each counted and logged) before loading fails.", min=0.0, max=1.0)
+    max_samples: int = option(0, "Use at most this many examples (streamed sets, URL downloads); 0: all.", min=0)
+    streaming: bool = option(False, "Stream hub datasets instead of downloading them whole (for sets larger than the disk); the first max_samples examples are taken.")
+    cache_dir: str = option('', "Where hub datasets and downloaded images are cached; empty: the Hugging Face default and `~/.cache/memvlm/images`.")
     num_workers: int = option(0, "DataLoader worker processes (0: load in the main process).", min=0)
 
 # %% ../nbs/00_config.ipynb #b1d0a001
