@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: train test install install-dev export readme docs-sync clean
+.PHONY: train test install install-dev export readme docs docs-check clean
 
 train: install           ## install memvlm and train memclip-tiny on the bundled digits-captions data
 	$(BIN)/memvlm train
@@ -28,5 +28,11 @@ export: install-dev      ## write memvlm/ from the notebooks and README.md from 
 	$(BIN)/nbdev_export
 	$(BIN)/python .ci/make_readme.py
 
+docs: install-dev        ## build the docs site into _docs/ offline: nbdev processes the notebooks, smalldocs renders them
+	$(BIN)/python .ci/build_docs.py
+
+docs-check: docs         ## check _docs/ in headless Chromium (pages, API entries, plots, links) and take screenshots
+	$(BIN)/python .ci/check_docs.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info _docs _proc
