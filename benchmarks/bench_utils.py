@@ -62,16 +62,22 @@ def digits_batch(batch_size: int, image_size: int, context_length: int, seed: in
 
 
 def memvlm_optimizer(model: torch.nn.Module, lr: float = 1e-3, weight_decay: float = 0.05, fused: Optional[bool] = None):
-    "The optimizer memvlm's `Trainer` builds (AdamW on its parameter groups); the Trainer's own factory when it has one."
+    """The optimizer memvlm's `Trainer` builds: its own `build_optimizer` when the engine has one (the benchmark then times
+    exactly what it trains with), else AdamW on `param_groups` as `Trainer.fit` writes it. `fused` forces the kernel choice."""
     from memvlm import training
     from memvlm.config import TrainConfig
-    if hasattr(training, 'build_optimizer'):  # the engine's factory (issue 5): the benchmark then times exactly what it trains with
+    if fused is None and hasattr(training, 'build_optimizer'):
         cfg = TrainConfig()
         cfg = dataclasses.replace(cfg, **{k: v for k, v in dict(lr=lr, weight_decay=weight_decay).items() if hasattr(cfg, k)})
         return training.build_optimizer(model, cfg)
-    device_type = next(model.parameters()).device.type
-    if fused is None: fused = device_type in ('cpu', 'cuda')
-    return torch.optim.AdamW(training.param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=fused)
+    return torch.optim.AdamW(training.param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=fused or None)
+
+
+def optimizer_name(opt: torch.optim.Optimizer) -> str:
+    "'AdamW fused', 'AdamW foreach' or 'AdamW' (torch's per-tensor loop), as the optimizer will run."
+    d = opt.defaults
+    kind = 'fused' if d.get('fused') else 'foreach' if d.get('foreach') or (d.get('foreach') is None and next(iter(opt.param_groups[0]['params'])).is_cuda) else ''
+    return f'{type(opt).__name__} {kind}'.strip()
 
 
 def open_clip_optimizer(model: torch.nn.Module, lr: float = 1e-3, weight_decay: float = 0.05):
@@ -83,12 +89,12 @@ def open_clip_optimizer(model: torch.nn.Module, lr: float = 1e-3, weight_decay: 
                              lr=lr, betas=(0.9, 0.98), eps=1e-6)
 
 
-def memvlm_step(model, batch: dict, precision: str = 'fp32', lr: float = 1e-3) -> Callable[[], float]:
+def memvlm_step(model, batch: dict, precision: str = 'fp32', lr: float = 1e-3, fused: Optional[bool] = None) -> Callable[[], float]:
     "One optimiser step as memvlm's Trainer takes it: autocast, the default step function, backward, clip, AdamW."
     from memvlm.losses import contrastive_step
     from memvlm.training import autocast_context
     device = next(model.parameters()).device
-    opt = memvlm_optimizer(model, lr)
+    opt = memvlm_optimizer(model, lr, fused=fused)
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     def step() -> float:
         with autocast_context(device, precision):
@@ -98,6 +104,7 @@ def memvlm_step(model, batch: dict, precision: str = 'fp32', lr: float = 1e-3) -
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         return loss.item()
+    step.optimizer = opt
     return step
 
 
@@ -116,6 +123,7 @@ def open_clip_step(model, batch: dict, context_length: int, precision: str = 'fp
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         return loss.item()
+    step.optimizer = opt
     return step
 
 

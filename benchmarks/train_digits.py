@@ -34,15 +34,12 @@ def run_memvlm(seed: int) -> dict:
 
 def run_open_clip(seed: int, epochs: int = 20, batch_size: int = 128, lr: float = 1e-3) -> dict:
     from open_clip.loss import ClipLoss
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from bench_utils import TOWERS, full_context, open_clip_model
     from memvlm.config import seed_everything
     from memvlm.data import CaptionTokenizer, ImageTextDataset, image_transform, load_digits_captions, make_loader
     from memvlm.evaluation import evaluate_clip
     import datasets
     import torch.nn.functional as F
-
-    def full_context(ids):  # memvlm's batches cut padding columns; open_clip's text tower wants all 16 positions
-        return F.pad(ids, (0, 16 - ids.shape[1]))
 
     start = time.time()
     seed_everything(seed)
@@ -50,8 +47,7 @@ def run_open_clip(seed: int, epochs: int = 20, batch_size: int = 128, lr: float 
     train_rows = datasets.concatenate_datasets([data['train'], data['validation']])  # the reference's 80% split
     tok = CaptionTokenizer(16)  # full open_clip vocabulary, same ids as open_clip.tokenize
     loader = make_loader(ImageTextDataset(train_rows, tok, image_transform(32), seed=seed), batch_size, train=True, seed=seed)
-    model = CLIP(embed_dim=64, vision_cfg=CLIPVisionCfg(layers=4, width=128, head_width=32, patch_size=4, image_size=32),
-                 text_cfg=CLIPTextCfg(context_length=16, vocab_size=49408, width=128, heads=4, layers=2))
+    model = open_clip_model(TOWERS['digits'])  # the digits towers train_step_vs_openclip.py also times
     loss_fn = ClipLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader))
@@ -60,7 +56,7 @@ def run_open_clip(seed: int, epochs: int = 20, batch_size: int = 128, lr: float 
         loader.dataset.set_epoch(epoch)
         model.train()
         for batch in loader:
-            img, txt, scale = model(batch['image'], full_context(batch['input_ids']))
+            img, txt, scale = model(batch['image'], full_context(batch['input_ids'], 16))
             loss = loss_fn(img, txt, scale)
             opt.zero_grad(); loss.backward(); opt.step(); sched.step()
             steps += 1
@@ -69,7 +65,7 @@ def run_open_clip(seed: int, epochs: int = 20, batch_size: int = 128, lr: float 
     class Towers(torch.nn.Module):  # the interface memvlm's evaluation calls: encode_image, encode_text, config.image_size
         def __init__(self, clip): super().__init__(); self.clip, self.config = clip, SimpleNamespace(image_size=32)
         def encode_image(self, x): return F.normalize(self.clip.encode_image(x), dim=-1)
-        def encode_text(self, ids, mask=None): return F.normalize(self.clip.encode_text(full_context(ids)), dim=-1)
+        def encode_text(self, ids, mask=None): return F.normalize(self.clip.encode_text(full_context(ids, 16)), dim=-1)
     m = evaluate_clip(Towers(model), data, 'test', tok)
     return {'zero_shot_acc': m['zero_shot_acc'], 'retrieval_r1_i2t': m['i2t_r1'], 'seconds': time.time() - start,
             'train_seconds': loop_seconds, 'step_ms': 1000 * loop_seconds / steps}
