@@ -64,6 +64,14 @@ class ModelConfig:
     vision_depth: Optional[int] = option(None, "Blocks in the vision transformer.", min=1)
     text_width: Optional[int] = option(None, "Width of the text transformer.", min=8)
     text_depth: Optional[int] = option(None, "Blocks in the text transformer.", min=1)
+    vision_encoder: Optional[str] = option(None, "Vision tower of fusion models (`seed-*`): `vit`, `cnn`, `timm:<model>` (any timm model, e.g. `timm:vit_small_patch14_dinov2`, `timm:resnet18`) or `open_clip:<model>`.", pattern=r'vit|cnn|timm:[\w.\-]+|open_clip:[\w.\-/]+', accepted='vit, cnn, timm:<model>, open_clip:<model>')
+    text_encoder: Optional[Literal['text-transformer', 'lstm']] = option(None, "Text tower of fusion models: a BERT-style `text-transformer` or an `lstm`.")
+    pretrained: Optional[str] = option(None, "Pretrained weights of a timm/open_clip vision tower: a tag (downloads where there is network) or a local weights file.")
+    fusion: Optional[Literal['concat', 'late', 'cross', 'bicross', 'pool', 'gated']] = option(None, "How fusion models join image and text (`memvlm.fusion`): concatenation, late, cross-attention, bidirectional cross-attention, attentional pooling, gated.")
+    attention: Optional[Literal['full', 'sparse', 'linear']] = option(None, "Self-attention of fusion models' transformer towers: `full` (fused SDPA), `sparse` (local window + global tokens) or `linear` (O(N) kernel attention).")
+    position_encoding: Optional[Literal['none', 'learned', 'sinusoidal', 'rotary', 'relative']] = option(None, "Extra positional encoding in those towers' blocks (on top of their learned input positions).")
+    ffn: Optional[Literal['mlp', 'glu', 'swiglu']] = option(None, "Feed-forward network of those towers' blocks.")
+    norm: Optional[Literal['layernorm', 'rmsnorm', 'scalenorm']] = option(None, "Normalisation of those towers' blocks.")
 
 # %% ../nbs/00_config.ipynb #b1d0a002
 @dataclass
