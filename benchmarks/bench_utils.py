@@ -62,15 +62,13 @@ def digits_batch(batch_size: int, image_size: int, context_length: int, seed: in
 
 
 def memvlm_optimizer(model: torch.nn.Module, lr: float = 1e-3, weight_decay: float = 0.05, fused: Optional[bool] = None):
-    """The optimizer memvlm's `Trainer` builds: its own `build_optimizer` when the engine has one (the benchmark then times
-    exactly what it trains with), else AdamW on `param_groups` as `Trainer.fit` writes it. `fused` forces the kernel choice."""
+    """The optimizer memvlm's `Trainer` builds (`make_optimizer` over `param_groups`), so the benchmark times exactly what
+    it trains with; `fused` forces the kernel (True: fused, False: torch's default) to show what the choice is worth."""
     from memvlm import training
-    from memvlm.config import TrainConfig
-    if fused is None and hasattr(training, 'build_optimizer'):
-        cfg = TrainConfig()
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in dict(lr=lr, weight_decay=weight_decay).items() if hasattr(cfg, k)})
-        return training.build_optimizer(model, cfg)
-    return torch.optim.AdamW(training.param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=fused or None)
+    device = next(model.parameters()).device
+    groups = training.param_groups(model, weight_decay)
+    if fused is None and hasattr(training, 'make_optimizer'): return training.make_optimizer(groups, lr, device)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=fused or None)
 
 
 def optimizer_name(opt: torch.optim.Optimizer) -> str:

@@ -5,14 +5,14 @@ transform, augmentation as configured, `DataConfig.num_workers` workers unless -
 digits-captions (images decoded from the Arrow table) and a CSV image folder (PNG files written by `write_digits_csv`,
 decoded from disk on every read). The step is the digits job's: memclip-tiny with the compact vocabulary, the default batch
 size and precision, the Trainer's step function and optimizer, on the loader's own batches. Loader and step are timed
-alternately in one process (a pass of several batches, then a step, ...) and medians compared, so load drifts hit both.
+alternately in one process (a training epoch of the loader from a fresh iterator, as the Trainer runs it, then a step, ...)
+and medians compared, so load drifts hit both.
 
 Prints a table and, last, one line of JSON: {"loader_over_step", ...}: the smaller of the two datasets' ratios with the
 default number of workers.
-Usage: python benchmarks/dataloader.py [--workers 0 2] [--repeats 5] [--batches 4]
+Usage: python benchmarks/dataloader.py [--workers 0 2] [--repeats 5]
 """
 import argparse
-import itertools
 import json
 import sys
 import tempfile
@@ -20,13 +20,6 @@ import tempfile
 import torch
 
 from bench_utils import interleaved_times, machine, median, memvlm_step, print_table
-
-
-def endless(loader):
-    "Batches of `loader` epoch after epoch (the dataset's epoch is advanced as the Trainer does)."
-    for epoch in itertools.count():
-        if hasattr(loader.dataset, 'set_epoch'): loader.dataset.set_epoch(epoch)
-        yield from loader
 
 
 def loaders(folder: str, num_workers: int):
@@ -45,19 +38,20 @@ def loaders(folder: str, num_workers: int):
     return out
 
 
-def bench(name: str, loader, tok, repeats: int, batches: int) -> dict:
+def bench(name: str, loader, tok, repeats: int) -> dict:
     from memvlm.config import RunConfig
     from memvlm.models import create_model
     cfg = RunConfig()
     torch.manual_seed(0)
     model = create_model(cfg.model.model, vocab_size=tok.vocab_size).train()
-    stream = endless(loader)
-    step = memvlm_step(model, next(stream), cfg.train.precision, cfg.train.lr)
-    def pull():
-        for _ in range(batches): next(stream)
-    times = interleaved_times({'loader': pull, 'step': step}, repeats=repeats, warmup=1)
-    loader_bps, step_bps = batches / median(times['loader']), 1 / median(times['step'])
-    return {'dataset': name, 'workers': loader.num_workers, 'batch': loader.batch_size, 'loader_batches_per_s': loader_bps,
+    step = memvlm_step(model, next(iter(loader)), cfg.train.precision, cfg.train.lr)
+    epochs = iter(range(10 ** 6))
+    def epoch():  # one epoch from a fresh iterator, as the Trainer runs it: worker start-up (if any) included
+        loader.dataset.set_epoch(next(epochs))
+        for _ in loader: pass
+    times = interleaved_times({'loader': epoch, 'step': step}, repeats=repeats, warmup=1)
+    loader_bps, step_bps = len(loader) / median(times['loader']), 1 / median(times['step'])
+    return {'dataset': name, 'workers': loader.num_workers, 'batch': loader.batch_size, 'batches_per_epoch': len(loader), 'loader_batches_per_s': loader_bps,
             'step_batches_per_s': step_bps, 'loader_over_step': loader_bps / step_bps}
 
 
@@ -67,16 +61,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--workers', type=int, nargs='+', default=sorted({default_workers, 2}), help='loader worker counts to measure')
     p.add_argument('--repeats', type=int, default=5)
-    p.add_argument('--batches', type=int, default=4, help='batches per timed loader pass')
     args = p.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for workers in args.workers:
             for name, (loader, tok) in loaders(folder, workers).items():
-                rows.append(bench(name, loader, tok, args.repeats, args.batches))
+                rows.append(bench(name, loader, tok, args.repeats))
     print(f'\nmemclip-tiny step vs its loader, medians of {args.repeats} interleaved repeats, {machine()}')
-    print_table(rows, ['dataset', 'workers', 'batch', 'loader_batches_per_s', 'step_batches_per_s', 'loader_over_step'],
+    print_table(rows, ['dataset', 'workers', 'batch', 'batches_per_epoch', 'loader_batches_per_s', 'step_batches_per_s', 'loader_over_step'],
                 {'loader_batches_per_s': '{:.1f}', 'step_batches_per_s': '{:.1f}', 'loader_over_step': '{:.1f}x'})
     default = [r for r in rows if r['workers'] == default_workers] or rows
     summary = {'loader_over_step': round(min(r['loader_over_step'] for r in default), 2), 'workers': default[0]['workers'],

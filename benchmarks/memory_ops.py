@@ -1,5 +1,6 @@
 """Episodic memory write and read of 100, 1,000 and 10,000 items: memvlm's `EpisodicMemory` against a naive implementation.
 
+The sizes are those `MemoryCLIP.memorize` uses with memclip-tiny (32 slots of [image; text] codes, 2 x 64 dims).
 The naive memory does the same least-squares algebra one item at a time, recomputing the exact (SVD) pseudo-inverse of the
 memory for every item: write M ← M + pinv(w)(z − w M) with w = z pinv(M), read w M with w = z pinv(M). memvlm writes an
 episode in one batched solve and reads a batch of queries with one pseudo-inverse. Both start from the same prior; queries
@@ -9,7 +10,7 @@ error reading back what it was written (the batched solve is least squares over 
 sequential, so the two differ; they agree when items ≤ slots).
 
 Prints a table and, last, one line of JSON: {"write_1000_ms", "speedup_vs_naive", ...} ("speedup_vs_naive": writing 1,000).
-Usage: python benchmarks/memory_ops.py [--slots 32] [--dim 64] [--sizes 100 1000 10000] [--repeats 5] [--device cpu]
+Usage: python benchmarks/memory_ops.py [--slots 32] [--dim 128] [--sizes 100 1000 10000] [--repeats 5] [--device cpu]
 """
 import argparse
 import json
@@ -74,7 +75,7 @@ def bench(n: int, slots: int, dim: int, repeats: int, device: torch.device) -> d
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--slots', type=int, default=32, help='memory slots K (must be < dim)')
-    p.add_argument('--dim', type=int, default=64, help='code width C (memclip-tiny embeds in 64 dims)')
+    p.add_argument('--dim', type=int, default=128, help='code width C (MemoryCLIP.memorize writes [image; text] codes: 2 x 64 dims in memclip-tiny)')
     p.add_argument('--sizes', type=int, nargs='+', default=[100, 1000, 10000])
     p.add_argument('--repeats', type=int, default=5)
     p.add_argument('--device', default='cpu')

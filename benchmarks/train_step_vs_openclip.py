@@ -55,7 +55,8 @@ def bench_size(size: str, repeats: int, precision: str, device: torch.device, co
         compact_batch, vocab = compact_vocab(batch, towers['context_length'])
         models[COMPACT] = memvlm_model(towers, default_memory_tokens(), vocab)
     for m in models.values(): m.to(device).train()
-    if compile: models = {k: torch.compile(m) for k, m in models.items()}
+    if compile:
+        for m in models.values(): m.compile()  # in place: the module keeps its class and forward signature
     steps = {name: (open_clip_step(m, batch, towers['context_length'], precision) if name == 'open_clip' else
                     memvlm_step(m, compact_batch if name == COMPACT else batch, precision, fused=fused)) for name, m in models.items()}
     if profile: profile_steps(steps)
