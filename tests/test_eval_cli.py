@@ -1,0 +1,73 @@
+"""End-to-end checks of `memvlm eval`, `memvlm predict` and `memvlm memorize` on a small random-init checkpoint."""
+import json
+
+import pytest
+
+from memvlm.data import CaptionTokenizer, load_digits_captions, write_digits_csv
+from memvlm.models import create_model, load_checkpoint, save_checkpoint
+
+TINY = dict(vision_depth=1, text_depth=1, vision_width=64, text_width=64, embed_dim=32)
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+    "A run folder as `memvlm train` leaves it: best/ (random weights, digits tokenizer) and history.csv, plus a test image and a CSV."
+    root = tmp_path_factory.mktemp('run')
+    digits = load_digits_captions()
+    tok = CaptionTokenizer.build([c for caps in digits['train']['captions'] for c in caps])
+    save_checkpoint(create_model('memclip-tiny', vocab_size=tok.vocab_size, **TINY), root / 'best', tok, {'epoch': 1})
+    save_checkpoint(create_model('memclip-tiny', vocab_size=tok.vocab_size, episodic_slots=16, **TINY), root / 'episodic', tok)
+    (root / 'history.csv').write_text('epoch,train_loss,val_loss,val_zero_shot_acc\n1,2.3,2.2,0.1\n2,1.9,2.0,0.3\n')
+    digits['test'][0]['image'].save(root / 'digit.png')
+    write_digits_csv(root / 'few', per_class=2)
+    return root
+
+
+def test_eval_report_files_and_keys(memvlm_cli, run_dir, tmp_path):
+    r = memvlm_cli('eval', '--checkpoint', str(run_dir / 'best'), '--output-dir', 'rep', '--device', 'cpu')
+    assert r.returncode == 0, r.stderr
+    assert 'zero_shot_acc' in r.stdout and 'report.md' in r.stdout
+    rep = tmp_path / 'rep'
+    saved = json.loads((rep / 'metrics.json').read_text())
+    assert {'zero_shot_acc', 'linear_probe_acc', 'i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10'} == set(saved['metrics'])
+    assert all(0 <= v <= 1 for v in saved['metrics'].values())
+    assert saved['dataset'] == 'digits-captions' and saved['split'] == 'test'
+    for name in ('tsne.png', 'confusion.png', 'retrieval.png', 'curves.png'):  # curves from the run's history.csv
+        assert (rep / name).stat().st_size > 2000, name
+        assert f']({name})' in (rep / 'report.md').read_text()
+
+
+def test_predict_labels_and_texts(memvlm_cli, run_dir):
+    r = memvlm_cli('predict', '--checkpoint', str(run_dir / 'best'), '--image', str(run_dir / 'digit.png'), '--device', 'cpu', '--top', '2')
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and all('probability' in l for l in lines)
+    assert lines[0].split()[0] in ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
+    r = memvlm_cli('predict', '--checkpoint', str(run_dir / 'best'), '--image', str(run_dir / 'digit.png'), '--device', 'cpu',
+                   '--text', 'the digit zero', 'the digit one', '--text', 'a scanned handwritten two')
+    assert r.returncode == 0, r.stderr
+    rows = r.stdout.strip().splitlines()
+    assert [row.split(None, 2)[2] for row in rows] == ['the digit zero', 'the digit one', 'a scanned handwritten two']
+    assert abs(sum(float(row.split()[0]) for row in rows) - 1) < 0.01
+
+
+def test_memorize_writes_a_new_checkpoint(memvlm_cli, run_dir, tmp_path):
+    r = memvlm_cli('memorize', '--checkpoint', str(run_dir / 'episodic'), '--dataset', str(run_dir / 'few' / 'captions.csv'),
+                   '--output', 'mem', '--device', 'cpu')
+    assert r.returncode == 0, r.stderr
+    assert '20 items' in r.stdout
+    ck = load_checkpoint(tmp_path / 'mem')
+    assert ck.model.episodic.capacity()['items_written'] == 20 and ck.metadata['memorized']['items'] == 20
+
+
+def test_bad_arguments_exit_2_with_a_message(memvlm_cli, run_dir):
+    r = memvlm_cli('eval', '--checkpoint', 'no/such/ckpt')
+    assert r.returncode == 2 and 'memvlm eval: error: no/such/ckpt is not a memvlm checkpoint' in r.stderr and 'Traceback' not in r.stderr
+    r = memvlm_cli('eval', '--checkpoint', str(run_dir / 'best'), '--tasks', 'bleu,retreival', '--device', 'cpu')
+    assert r.returncode == 2 and 'unknown evaluation tasks' in r.stderr
+    r = memvlm_cli('predict', '--checkpoint', str(run_dir / 'best'), '--image', str(run_dir / 'history.csv'), '--device', 'cpu')
+    assert r.returncode == 2 and 'is not an image' in r.stderr
+    r = memvlm_cli('memorize', '--checkpoint', str(run_dir / 'best'), '--dataset', str(run_dir / 'few' / 'captions.csv'), '--output', 'x')
+    assert r.returncode == 2 and 'no episodic memory' in r.stderr
+    r = memvlm_cli('predict', '--checkpoint', str(run_dir / 'best'))
+    assert r.returncode == 2 and '--image' in r.stderr  # argparse: required argument missing
