@@ -110,7 +110,7 @@ def write_digits_csv(folder, per_class: int = 6, image_size: int = 32, seed: int
     pd.DataFrame(rows).to_csv(folder / 'captions.csv', index=False)
     return folder / 'captions.csv'
 
-# %% ../nbs/01_data.ipynb #8b1ac5e0
+# %% ../nbs/01_data.ipynb #fd4eaf1b
 _log = logging.getLogger('memvlm.data')
 
 class BadImageError(ValueError):
@@ -134,7 +134,7 @@ def open_image(source, max_pixels: int = 100_000_000) -> Image.Image:
     "Decode `source` (a path, bytes, a `datasets` image dict or a PIL image) to RGB, or raise `BadImageError` saying why."
     try:
         if isinstance(source, dict): source = source.get('bytes') or source.get('path')
-        if source is None: raise BadImageError('no image')
+        if source is None: raise BadImageError('no image (none given, or its download failed)')
         if not isinstance(source, Image.Image):
             if isinstance(source, (bytes, bytearray)):
                 if not source: raise BadImageError('zero-byte image')
@@ -229,7 +229,7 @@ def _caption_list(value) -> list[str]:
         if isinstance(v, str): out.append(v)
     return out
 
-# %% ../nbs/01_data.ipynb #69f4e165
+# %% ../nbs/01_data.ipynb #7d2a190c
 def _class_prompts_from_captions(captions: Sequence[Sequence[str]], labels: Sequence[int], n_classes: int, k: int = 8):
     "Per class, the `k` most frequent distinct captions."
     counts = [Counter() for _ in range(n_classes)]
@@ -241,12 +241,15 @@ def build_image_text_data(name: str, images: Optional[Sequence], captions: Seque
                           extra: Optional[dict] = None, class_prompts: Optional[list[list[str]]] = None,
                           max_skip_fraction: float = 0.05, max_pixels: int = 100_000_000, seed: int = 0,
                           where: Optional[Sequence[str]] = None) -> ImageTextData:
-    "`ImageTextData` from columns: undecodable images and empty captions are skipped and counted, then checked against `max_skip_fraction`."
-    n, skips, keep = len(captions), SkipLog(), []
-    caps = [[c.strip() for c in _caption_list(v) if isinstance(c, str) and c.strip()] for v in captions]
+    "`ImageTextData` from columns: undecodable images and empty captions are skipped and counted (each empty caption, and each example left without a caption or image), then checked against `max_skip_fraction`."
+    n, skips, keep, caps = len(captions), SkipLog(), [], []
     where = where or [f'row {i}' for i in range(n)]
+    for i, v in enumerate(captions):
+        given = _caption_list(v)
+        caps.append([c.strip() for c in given if c.strip()])
+        for _ in range(max(1, len(given)) - len(caps[-1])): skips.add('empty caption', where[i])  # each one counted
     for i in range(n):
-        if not caps[i]: skips.add('empty caption', where[i]); continue
+        if not caps[i]: continue  # no caption left: counted above
         if images is not None:
             try: open_image(images[i], max_pixels)
             except BadImageError as e: skips.add('undecodable image', f'{where[i]} ({e})'); continue
@@ -306,7 +309,7 @@ def show_samples(data: ImageTextData, n: int = 6, split: str = 'train'):
     fig.suptitle(f'{data.name} ({split})', fontsize=8); plt.tight_layout()
     return fig
 
-# %% ../nbs/01_data.ipynb #39090ea3
+# %% ../nbs/01_data.ipynb #00cb0f65
 TABLE_SUFFIXES = ('.csv', '.tsv', '.json', '.jsonl', '.parquet', '.arrow')
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
@@ -366,7 +369,7 @@ def _from_frame(df, name: str, root: Path, columns: Columns, seed: int, cache_di
     return build_image_text_data(
         name, None if images is None else [images[i] for i in first], caps, labels, classnames,
         splits=[df[split_col].iloc[i] for i in first] if split_col else (None if splits is None else [splits[i] for i in first]),
-        extra=extra, seed=seed, where=[where(i) for i in first], **build)
+        extra=extra, seed=seed, where=[where(g[0]) + ''.join(f', {where(j).split()[-1]}' for j in g[1:4]) for g in groups], **build)
 
 def load_image_folder(folder, template: str = 'a photo of a {name}', seed: int = 0, **build) -> ImageTextData:
     "An image folder with one sub-folder per class (optionally under `train/`, `val/`, `test/`); captions from `template`."
@@ -413,7 +416,7 @@ def load_csv_captions(path, filepath_key: str = 'filepath', caption_key: str = '
     header = pd.read_csv(path, sep='\t' if path.suffix.lower() == '.tsv' else ',', nrows=0).columns
     return load_table(path, Columns(filepath_key, caption_key, label_key if label_key in header else ''), seed, **build)
 
-# %% ../nbs/01_data.ipynb #587d5d33
+# %% ../nbs/01_data.ipynb #77baf49d
 def _from_hf(ds, name: str, columns: Columns, seed: int = 0, cache_dir=None, max_samples: int = 0, root=None, **build) -> ImageTextData:
     "A `datasets.Dataset`/`DatasetDict` (or their streaming kinds) as `ImageTextData`, keeping its own splits."
     parts = dict(ds) if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)) else {'train': ds}
@@ -431,7 +434,8 @@ def _from_hf(ds, name: str, columns: Columns, seed: int = 0, cache_dir=None, max
     df = pd.concat(frames, ignore_index=True)
     lcol = pick_column(list(df.columns), columns.label, LABEL_KEYS, 'label', name, required=bool(columns.label))
     if class_names is not None and lcol is None: class_names = None
-    return _from_frame(df, name, Path(root or cache_dir or '.'), columns, seed, cache_dir, splits=splits,
+    own_splits = isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict))  # else a `split` column may say
+    return _from_frame(df, name, Path(root or cache_dir or '.'), columns, seed, cache_dir, splits=splits if own_splits else None,
                        class_names=class_names, **build)
 
 def load_saved_dataset(folder, columns: Columns = Columns(), seed: int = 0, **build) -> ImageTextData:
