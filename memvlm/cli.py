@@ -96,11 +96,11 @@ def run_training(run: Run, progress: bool = True) -> dict:
     train_seconds = time.time() - start
     best = load_checkpoint(out / 'best', run.device)
     test = scores(best.model, test_loader, 'test_') if classifier else evaluate_clip(best.model, data, 'test', tok, run.device, prefix='test_')
-    plot_history(history, out / 'curves.png')
+    if trainer.is_main: plot_history(history, out / 'curves.png')  # under torchrun, one process writes the report
     metrics = {**test, 'best_epoch': best.metadata['epoch'], 'train_seconds': train_seconds,
                'dataset': data.name, 'model': cfg.model.model, 'parameters': sum(p.numel() for p in run.model.parameters()),
                'device': str(run.device), 'history': history}
-    (out / 'metrics.json').write_text(json.dumps(metrics, indent=1))
+    if trainer.is_main: (out / 'metrics.json').write_text(json.dumps(metrics, indent=1))
     return metrics
 
 # %% ../nbs/12_cli.ipynb #c7990f9b
