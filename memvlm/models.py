@@ -265,8 +265,6 @@ def load_checkpoint(folder, device: Union[str, torch.device] = 'cpu') -> Checkpo
     return Checkpoint(model.to(device).eval(), tok, info.get('metadata', {}))
 
 # %% ../nbs/07_models.ipynb #059510be
-from typing import Literal
-
 from .encoders import CNNEncoder, LSTMEncoder, OpenCLIPVisionEncoder, TimmEncoder, set_grad_checkpointing
 from .fusion import create_fusion
 from .heads import ClassificationHead, MultiLabelHead, RegressionHead
