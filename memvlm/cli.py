@@ -69,6 +69,7 @@ def prepare_run(cfg: RunConfig) -> Run:
     return Run(cfg, data, tokenizer, model, device, output_dir)
 
 # %% ../nbs/12_cli.ipynb #8678ab11
+from .data import ModalityDropout
 from .evaluation import modality_accuracy
 from .models import FusionModel
 
@@ -76,7 +77,9 @@ def run_training(run: Run, progress: bool = True) -> dict:
     "Train `run.model`, evaluate the best checkpoint on the test split, write the report; returns the metrics."
     cfg, data, tok, out = run.config, run.data, run.tokenizer, run.output_dir
     size = run.model.config.image_size
-    train_ds = ImageTextDataset(data['train'], tok, image_transform(size, train=True, augment=cfg.data.augment), seed=cfg.train.seed)
+    dropout = ModalityDropout(cfg.data.modality_dropout) if cfg.data.modality_dropout else None
+    train_ds = ImageTextDataset(data['train'], tok, image_transform(size, train=True, augment=cfg.data.augment), seed=cfg.train.seed,
+                                modality_dropout=dropout)
     val_ds = ImageTextDataset(data['validation'], tok, image_transform(size), caption='first')
     train_loader = make_loader(train_ds, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     val_loader = make_loader(val_ds, cfg.train.batch_size, num_workers=cfg.data.num_workers)
