@@ -4,6 +4,7 @@ import json
 import pytest
 
 from memvlm.data import CaptionTokenizer, load_digits_captions, write_digits_csv
+from memvlm.cli import main
 from memvlm.models import create_model, load_checkpoint, save_checkpoint
 
 TINY = dict(vision_depth=1, text_depth=1, vision_width=64, text_width=64, embed_dim=32)
@@ -37,18 +38,18 @@ def test_eval_report_files_and_keys(memvlm_cli, run_dir, tmp_path):
         assert f']({name})' in (rep / 'report.md').read_text()
 
 
-def test_predict_labels_and_texts(memvlm_cli, run_dir):
-    r = memvlm_cli('predict', '--checkpoint', str(run_dir / 'best'), '--image', str(run_dir / 'digit.png'), '--device', 'cpu', '--top', '2')
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.strip().splitlines()
-    assert len(lines) == 2 and all('probability' in l for l in lines)
-    assert lines[0].split()[0] in ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
+def test_predict_labels_and_texts(memvlm_cli, run_dir, capsys):
     r = memvlm_cli('predict', '--checkpoint', str(run_dir / 'best'), '--image', str(run_dir / 'digit.png'), '--device', 'cpu',
                    '--text', 'the digit zero', 'the digit one', '--text', 'a scanned handwritten two')
     assert r.returncode == 0, r.stderr
     rows = r.stdout.strip().splitlines()
     assert [row.split(None, 2)[2] for row in rows] == ['the digit zero', 'the digit one', 'a scanned handwritten two']
     assert abs(sum(float(row.split()[0]) for row in rows) - 1) < 0.01
+    # zero-shot labels, in process (the console script is covered above)
+    assert main(['predict', '--checkpoint', str(run_dir / 'best'), '--image', str(run_dir / 'digit.png'), '--device', 'cpu', '--top', '2']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all('probability' in l for l in lines)
+    assert lines[0].split()[0] in ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
 
 
 def test_memorize_writes_a_new_checkpoint(memvlm_cli, run_dir, tmp_path):
@@ -60,14 +61,19 @@ def test_memorize_writes_a_new_checkpoint(memvlm_cli, run_dir, tmp_path):
     assert ck.model.episodic.capacity()['items_written'] == 20 and ck.metadata['memorized']['items'] == 20
 
 
-def test_bad_arguments_exit_2_with_a_message(memvlm_cli, run_dir):
+def test_bad_arguments_exit_2_with_a_message(memvlm_cli, run_dir, capsys):
     r = memvlm_cli('eval', '--checkpoint', 'no/such/ckpt')
     assert r.returncode == 2 and 'memvlm eval: error: no/such/ckpt is not a memvlm checkpoint' in r.stderr and 'Traceback' not in r.stderr
-    r = memvlm_cli('eval', '--checkpoint', str(run_dir / 'best'), '--tasks', 'bleu,retreival', '--device', 'cpu')
-    assert r.returncode == 2 and 'unknown evaluation tasks' in r.stderr
-    r = memvlm_cli('predict', '--checkpoint', str(run_dir / 'best'), '--image', str(run_dir / 'history.csv'), '--device', 'cpu')
-    assert r.returncode == 2 and 'is not an image' in r.stderr
-    r = memvlm_cli('memorize', '--checkpoint', str(run_dir / 'best'), '--dataset', str(run_dir / 'few' / 'captions.csv'), '--output', 'x')
-    assert r.returncode == 2 and 'no episodic memory' in r.stderr
-    r = memvlm_cli('predict', '--checkpoint', str(run_dir / 'best'))
-    assert r.returncode == 2 and '--image' in r.stderr  # argparse: required argument missing
+    cases = [(['eval', '--checkpoint', str(run_dir / 'best'), '--tasks', 'bleu,retreival'], 'unknown evaluation tasks'),
+             (['eval', '--checkpoint', str(run_dir / 'best'), '--tasks', 'ssim'], 'the model has no reconstruct()'),
+             (['eval', '--checkpoint', str(run_dir / 'best'), '--split', 'dev'], "no split 'dev'"),
+             (['predict', '--checkpoint', str(run_dir / 'best'), '--image', str(run_dir / 'history.csv')], 'is not an image'),
+             (['predict', '--checkpoint', str(run_dir / 'best'), '--image', 'no/such.png'], "no image file at 'no/such.png'"),
+             (['memorize', '--checkpoint', str(run_dir / 'best'), '--dataset', str(run_dir / 'few' / 'captions.csv'), '--output', 'x'],
+              'no episodic memory')]
+    for args, message in cases:
+        assert main(args + ['--device', 'cpu']) == 2, args
+        err = capsys.readouterr().err
+        assert f'memvlm {args[0]}: error:' in err and message in err, (args, err)
+    with pytest.raises(SystemExit) as e: main(['predict', '--checkpoint', str(run_dir / 'best')])
+    assert e.value.code == 2 and '--image' in capsys.readouterr().err  # argparse: a required argument is missing
