@@ -77,3 +77,16 @@ def test_bad_arguments_exit_2_with_a_message(memvlm_cli, run_dir, capsys):
         assert f'memvlm {args[0]}: error:' in err and message in err, (args, err)
     with pytest.raises(SystemExit) as e: main(['predict', '--checkpoint', str(run_dir / 'best')])
     assert e.value.code == 2 and '--image' in capsys.readouterr().err  # argparse: a required argument is missing
+
+
+def test_evaluate_scores_the_real_fusion_model_with_a_modality_missing(tmp_path):
+    import memvlm.models
+    from memvlm.evaluation import evaluate
+    if 'seed-mnist-concat' not in memvlm.models.list_models(): pytest.skip('no FusionModel registered in memvlm.models yet')
+    digits = load_digits_captions()
+    tok = CaptionTokenizer.build([c for caps in digits['train']['captions'] for c in caps])
+    model = create_model('seed-mnist-concat', vocab_size=tok.vocab_size)
+    metrics = evaluate(model, digits, tokenizer=tok, report_dir=tmp_path / 'rep')
+    assert set(metrics) == {'acc_both', 'acc_image_only', 'acc_text_only'} and all(0 <= v <= 1 for v in metrics.values())
+    assert (tmp_path / 'rep' / 'confusion_fusion.png').is_file()
+    assert json.loads((tmp_path / 'rep' / 'metrics.json').read_text())['metrics'] == metrics
