@@ -29,6 +29,11 @@ def outputs_md(cell) -> list:
     return parts
 
 
+def doc_links(md: str, docs: str) -> str:
+    "Links to docs pages (`config.html`, `tutorials/x.html#y`) made absolute, pointing at the docs site."
+    return re.sub(r'\]\((?!https?:|#|/)([\w/-]+\.html)(#[\w-]*)?\)', lambda m: f']({docs}{m.group(1)}{m.group(2) or ""})', md)
+
+
 def main():
     cfg = ConfigParser(delimiters=['=']); cfg.read(ROOT / 'settings.ini')
     docs = cfg['DEFAULT']['doc_host'].rstrip('/') + cfg['DEFAULT']['doc_baseurl'].rstrip('/') + '/'
@@ -38,13 +43,12 @@ def main():
         src = cell_text(cell)
         if cell['cell_type'] == 'markdown':
             src = re.sub(r'\]\((?!https?:|#|/)([^)]+\.(?:png|jpg|svg))\)', r'](nbs/\1)', src)
-            src = re.sub(r'\]\((?!https?:|#|/)([\w/-]+\.html)(#[\w-]*)?\)', lambda m: f']({docs}{m.group(1)}{m.group(2) or ""})', src)
-            parts.append(src.strip())
+            parts.append(doc_links(src, docs).strip())
         elif cell['cell_type'] == 'code' and 'hide' not in directives(src):
             code = '\n'.join(l for l in src.splitlines() if not l.startswith('#|')).strip()
             echo = not re.search(r'^#\|\s*echo:\s*false', src, re.M)  # `#| echo: false`: the output without the code
             if code and echo: parts.append('```python\n' + code + '\n```')
-            parts += outputs_md(cell)
+            parts += [doc_links(o, docs) for o in outputs_md(cell)]
     (ROOT / 'README.md').write_text('\n\n'.join(p for p in parts if p) + '\n')
 
 
