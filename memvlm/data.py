@@ -229,7 +229,7 @@ def _caption_list(value) -> list[str]:
         if isinstance(v, str): out.append(v)
     return out
 
-# %% ../nbs/01_data.ipynb #7d2a190c
+# %% ../nbs/01_data.ipynb #734260f6
 def _class_prompts_from_captions(captions: Sequence[Sequence[str]], labels: Sequence[int], n_classes: int, k: int = 8):
     "Per class, the `k` most frequent distinct captions."
     counts = [Counter() for _ in range(n_classes)]
@@ -309,7 +309,7 @@ def show_samples(data: ImageTextData, n: int = 6, split: str = 'train'):
     fig.suptitle(f'{data.name} ({split})', fontsize=8); plt.tight_layout()
     return fig
 
-# %% ../nbs/01_data.ipynb #00cb0f65
+# %% ../nbs/01_data.ipynb #ef50a56d
 TABLE_SUFFIXES = ('.csv', '.tsv', '.json', '.jsonl', '.parquet', '.arrow')
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
