@@ -101,7 +101,7 @@ def meta_loss(predicted_gain: torch.Tensor, observed_gain: torch.Tensor, chosen_
     if log_scale is not None: loss = loss + scale_penalty * (log_scale ** 2).mean()
     return loss
 
-# %% ../nbs/08_losses.ipynb #fe02dd3c
+# %% ../nbs/08_losses.ipynb #90e84d18
 _ALIASES = {'images': 'image', 'labels': 'label', 'texts': 'input_ids'}
 
 def call_model(model: nn.Module, batch: dict):
@@ -135,8 +135,10 @@ class ModelStep(nn.Module):
             else:
                 bias = getattr(out, 'logit_bias', None)
                 loss = siglip_loss(img, txt, scale, self.logit_bias if bias is None else bias, self.gather)
-            with torch.no_grad(): acc = ((img @ txt.T).argmax(-1) == torch.arange(len(img), device=img.device)).float().mean().item()
-            return loss, {'logit_scale': float(scale), 'batch_acc': acc}
+            with torch.no_grad():
+                scale_value = float(scale.detach()) if torch.is_tensor(scale) else float(scale)
+                acc = ((img @ txt.T).argmax(-1) == torch.arange(len(img), device=img.device)).float().mean().item()
+            return loss, {'logit_scale': scale_value, 'batch_acc': acc}
         terms = getattr(out, 'loss_terms', None)
         if not terms:
             raise ValueError(f'{type(out).__name__} has neither image/text embeddings nor loss_terms: model_step cannot tell which loss to use '
@@ -145,7 +147,7 @@ class ModelStep(nn.Module):
             if self.weighting is None: self.prepare(list(terms))
             loss = self.weighting(terms)
         else: loss = sum(terms.values())
-        logs = {k: float(v) for k, v in terms.items()}
+        logs = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
         logits = getattr(out, 'logits', None)
         if torch.is_tensor(logits) and 'label' in batch and logits.dim() == 2:
             logs['batch_acc'] = (logits.argmax(-1) == batch['label'].to(logits.device)).float().mean().item()

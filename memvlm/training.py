@@ -8,7 +8,7 @@ __all__ = ['resolve_device', 'autocast_context', 'param_groups', 'make_optimizer
            'WandbLogger', 'TrainingDiverged', 'init_distributed', 'distributed_loader', 'torchrun_command',
            'launch_distributed', 'Trainer', 'plot_history']
 
-# %% ../nbs/09_training.ipynb #a0aacfe7
+# %% ../nbs/09_training.ipynb #17f7d22c
 import base64
 import contextlib
 import csv
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 from timm.scheduler import CosineLRScheduler, PlateauLRScheduler, PolyLRScheduler
 from tqdm.auto import tqdm
 
@@ -84,13 +84,16 @@ def freeze_parameters(model: nn.Module, prefixes: str | Sequence[str]) -> list[s
         if n in frozen: p.requires_grad_(False)
     return frozen
 
-# %% ../nbs/09_training.ipynb #67513eeb
+# %% ../nbs/09_training.ipynb #1f2b40c9
 def make_scheduler(optimizer, config: TrainConfig, total_steps: int, mode: str = 'min'):
     "timm scheduler for `config.schedule` over `total_steps` optimiser steps (`plateau`: over `config.epochs` epochs, `mode` min or max)."
     c, lr_min = config, config.lr * config.min_lr_ratio
     if c.schedule == 'plateau':
-        return PlateauLRScheduler(optimizer, decay_rate=c.plateau_factor, patience_t=c.plateau_patience, mode=mode, lr_min=lr_min,
-                                  warmup_t=round(c.warmup_fraction * c.epochs), warmup_lr_init=c.lr / 25)
+        import warnings
+        with warnings.catch_warnings():  # timm deprecates it because it does not checkpoint the plateau state; the Trainer does
+            warnings.simplefilter('ignore', FutureWarning)
+            return PlateauLRScheduler(optimizer, decay_rate=c.plateau_factor, patience_t=c.plateau_patience, mode=mode, lr_min=lr_min,
+                                      warmup_t=round(c.warmup_fraction * c.epochs), warmup_lr_init=c.lr / 25)
     warmup = round(c.warmup_fraction * total_steps)
     common = dict(t_initial=max(total_steps - warmup, 1), lr_min=lr_min, warmup_t=warmup, warmup_lr_init=c.lr / 25, warmup_prefix=True, t_in_epochs=False)
     if c.schedule == 'cosine': return CosineLRScheduler(optimizer, **common)
@@ -143,13 +146,17 @@ def find_checkpoint(folder) -> Optional[Path]:
         if (f / 'model.safetensors').is_file() and (f / 'trainer_state.json').is_file(): return f
     return None
 
-# %% ../nbs/09_training.ipynb #6d96c20d
+# %% ../nbs/09_training.ipynb #ffb1a778
 class CSVLogger:
     "Epoch records to `history.csv` (rewritten, columns may grow) and step records appended to `steps.csv`."
     def __init__(self, folder): self.folder, self.steps_header = Path(folder), None
     def on_fit_start(self, trainer):
         self.folder.mkdir(parents=True, exist_ok=True)
-        if not trainer.resumed: (self.folder / 'steps.csv').unlink(missing_ok=True)
+        path = self.folder / 'steps.csv'
+        if not trainer.resumed: path.unlink(missing_ok=True)
+        elif path.exists():  # drop the steps after the checkpoint we resume from: they are about to be redone
+            lines = path.read_text().splitlines()
+            path.write_text('\n'.join(lines[:1] + [l for l in lines[1:] if int(l.split(',')[0]) <= trainer.step]) + '\n')
     def on_step_end(self, trainer, record):
         path = self.folder / 'steps.csv'
         if self.steps_header is None:
@@ -189,7 +196,7 @@ class WandbLogger:
 class TrainingDiverged(RuntimeError):
     "Raised when `max_bad_steps` optimiser steps in a row had a non-finite loss or gradient."
 
-# %% ../nbs/09_training.ipynb #9b7d8bbd
+# %% ../nbs/09_training.ipynb #4432c26e
 def init_distributed() -> tuple[int, int, int]:
     "Join the `torchrun` process group if there is one; returns (rank, local rank, world size)."
     world = int(os.environ.get('WORLD_SIZE', '1'))
@@ -209,17 +216,17 @@ def distributed_loader(loader: torch.utils.data.DataLoader, rank: int, world: in
     return torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size // world, sampler=sampler, num_workers=loader.num_workers,
                                        collate_fn=loader.collate_fn, drop_last=loader.drop_last, pin_memory=loader.pin_memory)
 
-def torchrun_command(nproc: int, args: Sequence[str], module: str = 'memvlm.cli') -> list[str]:
+def torchrun_command(nproc: int, args: Sequence[str], module: str = 'memvlm.training') -> list[str]:
     "The `torchrun` command line (as a list) that runs `python -m module *args` in `nproc` processes on this machine."
     if nproc < 1: raise ValueError(f'nproc={nproc}: expected at least 1 process')
     return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', '-m', module, *map(str, args)]
 
-def launch_distributed(nproc: int, args: Sequence[str], module: str = 'memvlm.cli', check: bool = True, **kwargs):
+def launch_distributed(nproc: int, args: Sequence[str], module: str = 'memvlm.training', check: bool = True, **kwargs):
     "Run `torchrun_command(nproc, args, module)` from a notebook (e.g. Kaggle's 2×T4: `launch_distributed(2, ['train', '--precision', 'fp16'])`)."
     import subprocess
     return subprocess.run(torchrun_command(nproc, args, module), check=check, **kwargs)
 
-# %% ../nbs/09_training.ipynb #15704b91
+# %% ../nbs/09_training.ipynb #ccdec01c
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -294,8 +301,8 @@ class Trainer:
         for i, s in opt['state'].items():
             for k, v in s.items(): tensors[f'optimizer.{i}.{k}'] = v if torch.is_tensor(v) else torch.tensor(v)
         for name, p in (self.step_fn.state_dict().items() if isinstance(self.step_fn, nn.Module) else []): tensors[f'step_fn.{name}'] = p
-        for j, cb in enumerate(self.callbacks):
-            if hasattr(cb, 'state_dict'): tensors.update({f'callback.{j}.{k}': v for k, v in cb.state_dict().items()})
+        for cb in self.callbacks:
+            if hasattr(cb, 'state_dict'): tensors.update({f'callback.{type(cb).__name__}.{k}': v for k, v in cb.state_dict().items()})
         gen = getattr(self.train_loader, 'generator', None)
         if gen is not None: tensors['rng.loader'] = gen.get_state()
         info = {'epoch': self.epoch, 'step': self.step, 'best': self.best, 'epochs_since_best': self.epochs_since_best,
@@ -311,13 +318,13 @@ class Trainer:
         if not (self.output_dir and self.is_main): return None
         tensors, info = self._state()
         def write(tmp):
-            save_checkpoint(self.model, tmp, self.tokenizer, record)
+            if hasattr(self.model, 'config'): save_checkpoint(self.model, tmp, self.tokenizer, record)
+            else: save_model(self.model, str(tmp / 'model.safetensors'))  # a model the registry does not know: weights only
             save_file(tensors, str(tmp / 'trainer_state.safetensors'))
             (tmp / 'trainer_state.json').write_text(json.dumps(info, indent=1))
         return atomic_folder(self.output_dir / name, write)
 
     def _resume(self, folder: Path):
-        from safetensors.torch import load_model
         load_model(self.model, str(folder / 'model.safetensors'), strict=True, device=str(self.device))
         tensors, info = load_file(str(folder / 'trainer_state.safetensors')), json.loads((folder / 'trainer_state.json').read_text())
         if isinstance(self.step_fn, nn.Module):
@@ -330,9 +337,10 @@ class Trainer:
         self.optimizer.load_state_dict({'state': state, 'param_groups': groups})
         if info['scaler'] and self.scaler.is_enabled(): self.scaler.load_state_dict(info['scaler'])
         if info['plateau'] and isinstance(self.scheduler, PlateauLRScheduler): self.scheduler.lr_scheduler.load_state_dict(info['plateau'])
-        for j, cb in enumerate(self.callbacks):
-            if hasattr(cb, 'load_state_dict'):
-                cb.load_state_dict({k[len(f'callback.{j}.'):]: v for k, v in tensors.items() if k.startswith(f'callback.{j}.')})
+        for cb in self.callbacks:
+            key = f'callback.{type(cb).__name__}.'
+            if hasattr(cb, 'load_state_dict') and any(k.startswith(key) for k in tensors):
+                cb.load_state_dict({k[len(key):]: v for k, v in tensors.items() if k.startswith(key)})
         self.epoch, self.step, self.best, self.epochs_since_best = info['epoch'], info['step'], info['best'], info['epochs_since_best']
         self.lr_scale, self.history = info['lr_scale'], info['history']
         set_rng_state(tensors, info['rng'])
@@ -459,6 +467,7 @@ class Trainer:
             if self.progress:
                 tqdm.write(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in record.items()))
         self._callback('on_fit_end')
+        if self.world > 1: dist.barrier()  # every process sees the finished checkpoints before reading them
         return self.history
 
 # %% ../nbs/09_training.ipynb #7d35dcff
