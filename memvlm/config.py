@@ -245,7 +245,8 @@ def _flatten(values: dict, source: str, problems: list) -> list[tuple[str, Any]]
     "Nested `{section: {name: value}}` (YAML) or flat `{name: value}` to a flat list of (name, value)."
     flat = []
     for k, v in values.items():
-        if k in SECTIONS:
+        # `model` names both a section and an option (the architecture): a plain value is the option
+        if k in SECTIONS and (isinstance(v, dict) or _find_option(k, config_options()) is None):
             if not isinstance(v, dict): problems.append(f'{source}: section {k!r} must be a mapping, got {v!r}'); continue
             flat += [(f'{k}.{n}', x) for n, x in v.items()]
         else: flat.append((k, v))
@@ -306,13 +307,17 @@ def load_config(path, base: Optional[RunConfig] = None) -> RunConfig:
 
 # %% ../nbs/00_config.ipynb #a18974a1
 def get_config(path=None, environ: Optional[dict] = None, overrides: Optional[dict] = None) -> RunConfig:
-    "Defaults, then the preset `MEMVLM_PRESET`, then the YAML file `path` (or `MEMVLM_CONFIG`), then `MEMVLM_*` variables, then `overrides`."
+    "Defaults, then the preset `MEMVLM_PRESET`, then the YAML file `path` (or `MEMVLM_CONFIG`), then `MEMVLM_*` variables, then `overrides`; one `ConfigError` lists the problems of every layer."
     environ = os.environ if environ is None else environ
     path = path or environ.get('MEMVLM_CONFIG') or None
-    base = preset_config(environ=environ)
-    cfg = load_config(path, base) if path else base
-    cfg = apply_env(cfg, environ)
-    return update_config(cfg, overrides, source='arguments') if overrides else cfg
+    cfg, problems = preset_config(environ=environ), []
+    layers = [lambda c: load_config(path, c) if path else c, lambda c: apply_env(c, environ),
+              lambda c: update_config(c, overrides, source='arguments') if overrides else c]
+    for layer in layers:  # a bad layer is skipped, so the later ones are still checked
+        try: cfg = layer(cfg)
+        except ConfigError as e: problems += e.problems
+    if problems: raise ConfigError(problems)
+    return cfg
 
 # %% ../nbs/00_config.ipynb #03ad807d
 def env_table() -> str:
