@@ -25,6 +25,8 @@ from .models import MemoryCLIP, load_checkpoint, model_config
 from .training import Trainer, autocast_context, plot_history, resolve_device
 
 # %% ../nbs/12_cli.ipynb #1330a260
+import shutil
+
 from .data import dataset_from_config
 from .models import FusionModelConfig, create_model
 
@@ -44,6 +46,15 @@ def _check_writable(folder: Path):
         probe = folder / '.write-test'
         probe.write_bytes(b'0'); probe.unlink()
     except OSError as e: raise RuntimeError(f'output folder {str(folder)!r} is not writable: {e}') from None
+
+def _check_space(folder: Path, model: torch.nn.Module):
+    "Fail before training when the output folder's disk cannot hold the checkpoints (`best/` and `last/`, each rewritten beside its old copy)."
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    need = 4 * 3 * size + 50_000_000  # 4 copies at most while swapping × (weights + 2 AdamW moments), plus logs and plots
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise RuntimeError(f'output folder {str(folder)!r} has {free / 1e6:.1f} MB free; this run needs about {need / 1e6:.0f} MB '
+                           'for its checkpoints: free some space or set output_dir to another disk')
 
 def prepare_run(cfg: RunConfig) -> Run:
     "Seed, pick the device, load the data, build tokenizer and model, check the output folder."
@@ -66,6 +77,7 @@ def prepare_run(cfg: RunConfig) -> Run:
     texts = [c for caps in data['train']['captions'] for c in caps] + [p for ps in (data.class_prompts or []) for p in ps]
     tokenizer = CaptionTokenizer.build(texts, arch.context_length, cfg.data.vocab)
     model = create_model(replace(arch, vocab_size=tokenizer.vocab_size))
+    _check_space(output_dir, model)
     return Run(cfg, data, tokenizer, model, device, output_dir)
 
 # %% ../nbs/12_cli.ipynb #8678ab11
@@ -102,7 +114,7 @@ def run_training(run: Run, progress: bool = True) -> dict:
     if trainer.is_main: plot_history(history, out / 'curves.png')  # under torchrun, one process writes the report
     metrics = {**test, 'best_epoch': best.metadata['epoch'], 'train_seconds': train_seconds,
                'dataset': data.name, 'model': cfg.model.model, 'parameters': sum(p.numel() for p in run.model.parameters()),
-               'device': str(run.device), 'history': history}
+               'device': str(run.device), 'skipped': dict(data.skips.counts) if data.skips is not None else {}, 'history': history}
     if trainer.is_main: (out / 'metrics.json').write_text(json.dumps(metrics, indent=1))
     return metrics
 
@@ -231,11 +243,17 @@ def _print_summary(run: Run, metrics: dict):
     print(f"\nbest epoch {metrics['best_epoch']}, trained in {metrics['train_seconds']:.0f} s; test split of {run.data.name}:")
     for k, v in metrics.items():
         if k.startswith('test_'): print(f'  {k[5:]:15s} {v:.4f}')
+    skips = run.data.skips
+    if skips is not None and skips.total: print(f'skipped while loading {run.data.name}: {skips.total} examples ({skips.summary()})')
     print(f'written to {run.output_dir}/: best/, last/, metrics.json, history.csv, curves.png, config.yaml')
 
 def _prepare_train(args) -> Run:
     flags = {o.name: getattr(args, o.name) for o in config_options() if getattr(args, o.name) is not None}
-    cfg = update_config(get_config(args.config), flags, source='command line', label=lambda o: _flag(o.name))
+    try: cfg, problems = get_config(args.config), []
+    except ConfigError as e: cfg, problems = RunConfig(), e.problems  # the flags are still checked: one error lists everything
+    try: cfg = update_config(cfg, flags, source='command line', label=lambda o: _flag(o.name))
+    except ConfigError as e: problems += e.problems
+    if problems: raise ConfigError(problems)
     run = prepare_run(cfg)
     n_params = sum(p.numel() for p in run.model.parameters())
     print(f"memvlm train: {run.data!r}\n  model {cfg.model.model} ({n_params / 1e6:.2f}M parameters, "

@@ -236,18 +236,25 @@ def _class_prompts_from_captions(captions: Sequence[Sequence[str]], labels: Sequ
     for caps, l in zip(captions, labels): counts[l].update(caps)
     return [[c for c, _ in cnt.most_common(k)] for cnt in counts]
 
+def _is_utf8(text: str) -> bool:
+    "False for text holding bytes that were not UTF-8 (read as surrogates)."
+    try: text.encode('utf-8'); return True
+    except UnicodeEncodeError: return False
+
 def build_image_text_data(name: str, images: Optional[Sequence], captions: Sequence, labels: Optional[Sequence] = None,
                           classnames: Optional[list[str]] = None, splits: Optional[Sequence[str]] = None,
                           extra: Optional[dict] = None, class_prompts: Optional[list[list[str]]] = None,
                           max_skip_fraction: float = 0.05, max_pixels: int = 100_000_000, seed: int = 0,
                           where: Optional[Sequence[str]] = None) -> ImageTextData:
-    "`ImageTextData` from columns: undecodable images and empty captions are skipped and counted (each empty caption, and each example left without a caption or image), then checked against `max_skip_fraction`."
+    "`ImageTextData` from columns: undecodable images, empty captions and captions that are not UTF-8 are skipped and counted (each such caption, and each example left without a caption or image), then checked against `max_skip_fraction`."
     n, skips, keep, caps = len(captions), SkipLog(), [], []
     where = where or [f'row {i}' for i in range(n)]
     for i, v in enumerate(captions):
         given = _caption_list(v)
-        caps.append([c.strip() for c in given if c.strip()])
-        for _ in range(max(1, len(given)) - len(caps[-1])): skips.add('empty caption', where[i])  # each one counted
+        text = [c.strip() for c in given if c.strip()]
+        caps.append([c for c in text if _is_utf8(c)])
+        for _ in range(len(text) - len(caps[-1])): skips.add('caption not UTF-8', where[i])
+        for _ in range(max(1, len(given)) - len(text)): skips.add('empty caption', where[i])  # each one counted
     for i in range(n):
         if not caps[i]: continue  # no caption left: counted above
         if images is not None:
@@ -316,7 +323,8 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.ti
 def _read_table(path: Path):
     import pandas as pd
     s = path.suffix.lower()
-    if s in ('.csv', '.tsv'): return pd.read_csv(path, sep='\t' if s == '.tsv' else ',', dtype=str, keep_default_na=False)
+    if s in ('.csv', '.tsv'):  # object, not str: bytes that are not UTF-8 survive as surrogates; their captions are skipped and counted, not the file
+        return pd.read_csv(path, sep='\t' if s == '.tsv' else ',', dtype=object, keep_default_na=False, encoding_errors='surrogateescape')
     if s == '.jsonl': return pd.read_json(path, lines=True, dtype=False)
     if s == '.json': return pd.DataFrame(json.loads(path.read_text()))
     if s == '.parquet': return pd.read_parquet(path)
