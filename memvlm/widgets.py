@@ -87,9 +87,9 @@ class RetrievalExplorer:
         from IPython.display import display
         display(self.widget)
 
-# %% ../nbs/11_widgets.ipynb #4699f3a1
+# %% ../nbs/11_widgets.ipynb #def348dc
 class LiveCurves:
-    "A training-curve plot that redraws whenever an attached `Trainer` logs an epoch."
+    "A training-curve plot that redraws whenever the `Trainer` it is a callback of logs an epoch."
     def __init__(self):
         self.image = widgets.Image(format='png')
         self.status = widgets.HTML()
@@ -106,14 +106,13 @@ class LiveCurves:
         self.status.value = ', '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in last.items())
         self.draws += 1
 
+    def on_epoch_end(self, trainer, record: dict):
+        "`Trainer` callback: redraw with the epoch just logged."
+        self.update(trainer.history)
+
     def attach(self, trainer) -> 'LiveCurves':
-        "Redraw every time `trainer` appends a record to its `history`; returns self, to display."
-        live = self
-        class _LiveHistory(list):
-            def append(self, record):
-                super().append(record)
-                live.update(self)
-        trainer.history = _LiveHistory(trainer.history)
+        "Add this plot to `trainer`'s callbacks (the same as `Trainer(..., callbacks=[curves])`); returns self, to display."
+        trainer.callbacks.append(self)
         return self
 
     def _ipython_display_(self):
