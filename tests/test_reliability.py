@@ -195,20 +195,20 @@ def test_train_on_messy_csv_skips_counts_and_fails_above_the_fraction(tmp_path, 
 
 # --- options -------------------------------------------------------------------------------------------------------------
 def test_bad_options_give_one_error_listing_each(tmp_path, clean_env, capsys):
-    (tmp_path / 'bad.yaml').write_text('train: {epochz: 3, batch_size: -4, lr: fast}\ndata: {image_size: 3}\nmodel: 7\n')
+    (tmp_path / 'bad.yaml').write_text('train: {epochz: 3, batch_size: -4, lr: fast}\ndata: {image_size: 3}\nmodel: 7\nlogger: [csv]\n')
     assert main(['train', '--config', str(tmp_path / 'bad.yaml')]) == 2
     err = capsys.readouterr().err
-    assert '(5 problems)' in err, err
+    assert '(6 problems)' in err, err
     for part in ("unknown option 'train.epochz'; accepted:", "batch_size=-4 is not valid for train.batch_size: expected an integer ≥ 2",
                  "lr='fast' is not valid for train.lr: expected a number ≥ 0.0", "image_size=3 is not valid for data.image_size",
-                 "section 'model' must be a mapping"):
+                 "model.model=7 is not valid for model.model: expected text"):
         assert part in err, (part, err)
     clean_env.setenv('MEMVLM_EPOCHS', '-1'); clean_env.setenv('MEMVLM_PRECISION', 'fp64')
     clean_env.setenv('MEMVLM_NOT_AN_OPTION', 'x'); clean_env.setenv('MEMVLM_AUGMENT', 'maybe')
     clean_env.setenv('MEMVLM_CONFIG', str(tmp_path / 'bad.yaml'))
     assert main(['train', '--batch-size', 'many']) == 2
     err = capsys.readouterr().err
-    assert '(10 problems)' in err, err  # YAML, variables and flags in one error
+    assert '(11 problems)' in err, err  # YAML, variables and flags in one error
     for part in ("--batch-size='many' is not valid for train.batch_size: expected an integer ≥ 2", "unknown option 'train.epochz'","MEMVLM_EPOCHS='-1' is not valid for train.epochs: expected an integer ≥ 1",
                  "MEMVLM_PRECISION='fp64' is not valid for train.precision: expected fp32, bf16, fp16",
                  "MEMVLM_AUGMENT='maybe' is not valid for data.augment: expected true/false",
@@ -234,7 +234,7 @@ def _steps_in_epoch(steps_csv: Path, epoch: int) -> int:
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, clean_env, capsys):
     "SIGKILL in epoch 2 of 3 (after the epoch-1 checkpoint), `--resume true`: the same weights as a run never interrupted."
-    args = ['train', '--epochs', '3', '--batch-size', '32', *TINY]
+    args = ['train', '--epochs', '3', '--batch-size', '64', *TINY]
     clean_env.setenv('WANDB_API_KEY', SECRET)
     assert main(args + ['--output-dir', str(tmp_path / 'straight')]) == 0
     proc = _popen_train(args + ['--output-dir', 'killed'], tmp_path, {'WANDB_API_KEY': SECRET})
