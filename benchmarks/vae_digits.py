@@ -15,19 +15,6 @@ import numpy as np
 import torch
 
 
-def decode(tok, ids):
-    "Caption text of token ids (CaptionTokenizer.decode where the installed memvlm has it)."
-    if hasattr(tok, 'decode'): return tok.decode(ids)
-    # fallback for a memvlm whose data module predates CaptionTokenizer.decode: compact ids -> BPE ids -> text
-    from memvlm.data import EOT, SOT, _bpe
-    bpe, out = _bpe(), []
-    for row in ids.tolist():
-        bpe_ids = [tok.token_ids[i - 2] if tok.token_ids else i for i in row if i >= 2]
-        bpe_ids = [i for i in bpe_ids if i != SOT]
-        out.append(bpe.decode(bpe_ids[:bpe_ids.index(EOT)] if EOT in bpe_ids else bpe_ids).strip())
-    return out
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--epochs', type=int, default=30)
@@ -72,7 +59,7 @@ def main():
         return float(np.mean([structural_similarity(x, y, data_range=1.0, win_size=7) for x, y in zip(a, b)]))
 
     def scores(use_memory):
-        captions = decode(tok, model.generate(test['image'], use_memory=use_memory))
+        captions = tok.decode(model.generate(test['image'], use_memory=use_memory))
         return {'bleu': sacrebleu.corpus_bleu(captions, [list(r) for r in refs]).score,
                 'ssim': ssim(model.reconstruct(test['image'], use_memory=use_memory)),
                 'ssim_text': ssim(model.reconstruct(input_ids=one_caption['input_ids'], attention_mask=one_caption['attention_mask'],

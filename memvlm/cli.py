@@ -90,14 +90,15 @@ def run_training(run: Run, progress: bool = True) -> dict:
     cfg, data, tok, out = run.config, run.data, run.tokenizer, run.output_dir
     size = run.model.config.image_size
     dropout = ModalityDropout(cfg.data.modality_dropout) if cfg.data.modality_dropout else None
-    train_ds = ImageTextDataset(data['train'], tok, image_transform(size, train=True, augment=cfg.data.augment), seed=cfg.train.seed,
-                                modality_dropout=dropout)
-    val_ds = ImageTextDataset(data['validation'], tok, image_transform(size), caption='first')
+    def transform(train: bool = False):
+        return image_transform(size, train=train, augment=cfg.data.augment, augmentation=cfg.data.augmentation, resize=cfg.data.resize)
+    train_ds = ImageTextDataset(data['train'], tok, transform(train=True), seed=cfg.train.seed, modality_dropout=dropout)
+    val_ds = ImageTextDataset(data['validation'], tok, transform(), caption='first')
     train_loader = make_loader(train_ds, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     val_loader = make_loader(val_ds, cfg.train.batch_size, num_workers=cfg.data.num_workers)
     classifier = isinstance(run.model, FusionModel)
     if classifier:  # accuracy with both modalities, and with each one missing
-        test_loader = make_loader(ImageTextDataset(data['test'], tok, image_transform(size), caption='first'), cfg.train.batch_size)
+        test_loader = make_loader(ImageTextDataset(data['test'], tok, transform(), caption='first'), cfg.train.batch_size)
         scores = lambda model, loader, prefix: {prefix + k: v for k, v in modality_accuracy(model, loader, run.device).items()}
         evaluate, monitor = (lambda model: scores(model, val_loader, 'val_')), 'val_acc_both'
     else:
