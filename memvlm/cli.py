@@ -28,7 +28,7 @@ from .training import Trainer, autocast_context, plot_history, resolve_device
 import shutil
 
 from .data import dataset_from_config
-from .models import FusionModelConfig, create_model
+from .models import FusionModelConfig, create_model, list_models
 
 @dataclass
 class Run:
@@ -56,6 +56,18 @@ def _check_space(folder: Path, model: torch.nn.Module):
         raise RuntimeError(f'output folder {str(folder)!r} has {free / 1e6:.1f} MB free; this run needs about {need / 1e6:.0f} MB '
                            'for its checkpoints: free some space or set output_dir to another disk')
 
+def _classes(data: ImageTextData, task: str, model: str) -> list:
+    "What the fusion model `model` learns to predict for `task`: the dataset's classes, or for `vqa` the train split's answers."
+    if task == 'captioning':
+        raise ValueError(f'task=captioning: {model} is a classifier; the captioning model (MultimodalVAE, `memvlm.vae`) trains from Python, '
+                         'as in benchmarks/vae_digits.py')
+    if task == 'vqa':
+        columns = data['train'].column_names
+        if 'answer' not in columns: raise ValueError(f'task=vqa needs questions and answers, but dataset {data.name!r} has columns {columns}')
+        return sorted(set(data['train']['answer']))
+    if not data.labelled: raise ValueError(f'{model} is trained as a classifier, but dataset {data.name!r} has no labels')
+    return data.classnames
+
 def prepare_run(cfg: RunConfig) -> Run:
     "Seed, pick the device, load the data, build tokenizer and model, check the output folder."
     seed_everything(cfg.train.seed)
@@ -65,10 +77,12 @@ def prepare_run(cfg: RunConfig) -> Run:
     _check_writable(output_dir)
     data = dataset_from_config(cfg.data, cfg.data.data_dir or default_data_dir())  # any source get_dataset reads, with the data options
     m = cfg.model
-    fusion_options = {}  # fusion models choose towers and blocks, and classify the dataset's labels; other architectures refuse these
-    if isinstance(model_config(m.model), FusionModelConfig):
-        if not data.labelled: raise ValueError(f'{m.model} is trained as a classifier, but dataset {data.name!r} has no labels')
-        fusion_options['num_classes'] = len(data.classnames)
+    fusion_options = {}  # fusion models choose towers and blocks, and classify labels or answers; other architectures refuse these
+    if isinstance(model_config(m.model), FusionModelConfig): fusion_options['num_classes'] = len(_classes(data, cfg.data.task, m.model))
+    elif cfg.data.task != 'retrieval':
+        fusion = [n for n in list_models() if isinstance(model_config(n), FusionModelConfig)]
+        raise ValueError(f'task={cfg.data.task}: {m.model} is a contrastive image-text model and trains for retrieval; '
+                         f'classification and vqa train a fusion model: {", ".join(fusion)}')
     arch = model_config(m.model, memory_tokens=m.memory_tokens, embed_dim=m.embed_dim, vision_width=m.vision_width,
                         vision_depth=m.vision_depth, text_width=m.text_width, text_depth=m.text_depth,
                         image_size=cfg.data.image_size, context_length=cfg.data.context_length, vision=m.vision_encoder,
@@ -92,13 +106,17 @@ def run_training(run: Run, progress: bool = True) -> dict:
     dropout = ModalityDropout(cfg.data.modality_dropout) if cfg.data.modality_dropout else None
     def transform(train: bool = False):
         return image_transform(size, train=train, augment=cfg.data.augment, augmentation=cfg.data.augmentation, resize=cfg.data.resize)
-    train_ds = ImageTextDataset(data['train'], tok, transform(train=True), seed=cfg.train.seed, modality_dropout=dropout)
-    val_ds = ImageTextDataset(data['validation'], tok, transform(), caption='first')
-    train_loader = make_loader(train_ds, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
-    val_loader = make_loader(val_ds, cfg.train.batch_size, num_workers=cfg.data.num_workers)
     classifier = isinstance(run.model, FusionModel)
+    task = 'vqa' if cfg.data.task == 'vqa' else 'classification' if classifier else 'retrieval'  # prepare_run checked the pairing
+    train_ds = ImageTextDataset(data['train'], tok, transform(train=True), seed=cfg.train.seed, task=task, modality_dropout=dropout)
+    answers = train_ds.answers if task == 'vqa' else None  # one answer index for every split
+    def eval_loader(split: str):
+        return make_loader(ImageTextDataset(data[split], tok, transform(), caption='first', task=task, answers=answers),
+                           cfg.train.batch_size, num_workers=cfg.data.num_workers)
+    train_loader = make_loader(train_ds, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
+    val_loader = eval_loader('validation')
     if classifier:  # accuracy with both modalities, and with each one missing
-        test_loader = make_loader(ImageTextDataset(data['test'], tok, transform(), caption='first'), cfg.train.batch_size)
+        test_loader = eval_loader('test')
         scores = lambda model, loader, prefix: {prefix + k: v for k, v in modality_accuracy(model, loader, run.device).items()}
         evaluate, monitor = (lambda model: scores(model, val_loader, 'val_')), 'val_acc_both'
     else:

@@ -45,7 +45,7 @@ class DataConfig:
     question_key: str = option('', "Column holding a VQA question; empty: question.")
     answer_key: str = option('', "Column holding a VQA answer; empty: the first of multiple_choice_answer, answer, answers.")
     caption_template: str = option('a photo of a {name}', "Caption of each image of an image folder with one sub-folder per class; `{name}` is the folder name with `_` and `-` read as spaces.")
-    task: Literal['retrieval', 'captioning', 'vqa', 'classification'] = option('retrieval', "What samples carry (`memvlm.data.task_dataset`): `retrieval` (image + caption), `captioning` (image + caption tokens as targets), `vqa` (image + question tokens, answer as label), `classification` (image + label).")
+    task: Literal['retrieval', 'captioning', 'vqa', 'classification'] = option('retrieval', "What samples carry (`ImageTextDataset`'s `task`): `retrieval` (image + caption), `captioning` (image + caption tokens as targets), `vqa` (image + question tokens, answer as label), `classification` (image + label). `memvlm train` trains contrastive models (memclip-*) for retrieval and fusion models (seed-*) for classification or vqa; captioning models train from Python.")
     modality_dropout: float = option(0.0, "Probability that a training sample loses its image and, independently, its text (zeroed; `has_image`/`has_text` flags in the batch).", min=0.0, max=1.0)
     max_skip_fraction: float = option(0.05, "Largest fraction of examples that may be skipped as undecodable images or empty captions (each counted and logged) before loading fails.", min=0.0, max=1.0)
     max_samples: int = option(0, "Use at most this many examples (streamed sets, URL downloads); 0: all.", min=0)

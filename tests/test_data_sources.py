@@ -211,3 +211,24 @@ def test_train_on_each_local_format(tmp_path, sources, source, monkeypatch, caps
         args = ['--dataset', str(sources / source), '--caption-key', 'no_such_column', '--output-dir', str(tmp_path / 'bad')]
         assert main(['train', *args, *TINY]) == 2
         assert "no caption column 'no_such_column'; the columns are" in capsys.readouterr().err
+
+
+def test_task_option_trains_vqa_and_refuses_pairings_that_cannot_train(tmp_path, sources, monkeypatch, capsys):
+    "`--task vqa` trains a fusion model over the answers of a question/answer CSV; a task the model cannot learn is exit 2."
+    from memvlm.cli import main
+    for k in [k for k in __import__('os').environ if k.startswith('MEMVLM_')]: monkeypatch.delenv(k)
+    df = pd.read_csv(sources / 'csv' / 'captions.csv')
+    df.assign(question='which digit is this?', answer=df.label.astype(str)).drop(columns=['caption', 'label']) \
+      .to_csv(sources / 'csv' / 'vqa.csv', index=False)
+    vqa = ['--dataset', str(sources / 'csv' / 'vqa.csv'), '--task', 'vqa']
+    assert main(['train', *vqa, '--model', 'seed-mnist-concat', '--output-dir', str(tmp_path / 'vqa'), *TINY]) == 0
+    metrics = json.loads((tmp_path / 'vqa' / 'metrics.json').read_text())
+    assert {'test_acc_both', 'test_acc_image_only', 'test_acc_text_only'} <= set(metrics)
+    from memvlm.models import load_checkpoint
+    assert load_checkpoint(tmp_path / 'vqa' / 'best').model.config.num_classes == df.label.nunique()  # one class per answer
+    for args, message in [(vqa, 'trains for retrieval'),  # memclip-tiny is contrastive
+                          (['--dataset', str(sources / 'csv' / 'captions.csv'), '--task', 'vqa', '--model', 'seed-mnist-concat'],
+                           'needs questions and answers'),
+                          (['--task', 'captioning', '--model', 'seed-mnist-concat'], 'trains from Python')]:
+        assert main(['train', *args, '--output-dir', str(tmp_path / 'bad'), *TINY]) == 2, args
+        assert message in capsys.readouterr().err
