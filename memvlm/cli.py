@@ -23,12 +23,13 @@ from .data import CaptionTokenizer, ImageTextData, ImageTextDataset, image_trans
 from .evaluation import evaluate_clip
 from .models import MemoryCLIP, load_checkpoint, model_config
 from .training import Trainer, autocast_context, plot_history, resolve_device
+from . import vae  # noqa: F401  registers vae-tiny, so that eval and predict load its checkpoints
 
 # %% ../nbs/12_cli.ipynb #1330a260
 import shutil
 
 from .data import dataset_from_config
-from .models import FusionModelConfig, create_model, list_models
+from .models import FusionModelConfig, MemoryCLIPConfig, create_model, list_models
 
 @dataclass
 class Run:
@@ -78,7 +79,12 @@ def prepare_run(cfg: RunConfig) -> Run:
     data = dataset_from_config(cfg.data, cfg.data.data_dir or default_data_dir())  # any source get_dataset reads, with the data options
     m = cfg.model
     fusion_options = {}  # fusion models choose towers and blocks, and classify labels or answers; other architectures refuse these
-    if isinstance(model_config(m.model), FusionModelConfig): fusion_options['num_classes'] = len(_classes(data, cfg.data.task, m.model))
+    arch_config = model_config(m.model)
+    if not isinstance(arch_config, (MemoryCLIPConfig, FusionModelConfig)):
+        trainable = [n for n in list_models() if isinstance(model_config(n), (MemoryCLIPConfig, FusionModelConfig))]
+        raise ValueError(f'{m.model} ({type(arch_config).__name__}) trains from Python, as in benchmarks/vae_digits.py; '
+                         f'memvlm train trains {", ".join(trainable)}')
+    if isinstance(arch_config, FusionModelConfig): fusion_options['num_classes'] = len(_classes(data, cfg.data.task, m.model))
     elif cfg.data.task != 'retrieval':
         fusion = [n for n in list_models() if isinstance(model_config(n), FusionModelConfig)]
         raise ValueError(f'task={cfg.data.task}: {m.model} is a contrastive image-text model and trains for retrieval; '
@@ -190,6 +196,9 @@ def predict(checkpoint, image, texts: Optional[list] = None, dataset: Optional[s
     ck = _load(checkpoint, device)
     model, tok = ck.model, ck.tokenizer
     x = _read_image(image, model.config.image_size).to(device)
+    if not hasattr(model, 'encode_image'):  # a generative model (MultimodalVAE): its caption is the prediction
+        if texts: raise ValueError(f'{type(model).__name__} does not embed texts to compare with; it captions the image: leave out --text')
+        return {'caption': tok.decode(model.generate(x).cpu())[0]}
     emb = model.encode_image(x).float().cpu()
     scale = model.logit_scale.exp().clamp(max=model.config.max_logit_scale).item() if hasattr(model, 'logit_scale') else 100.0
     if texts:

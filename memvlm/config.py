@@ -6,7 +6,8 @@
 __all__ = ['PRESETS', 'ENV_PREFIX', 'SECTIONS', 'option', 'DataConfig', 'ModelConfig', 'TrainConfig', 'RunConfig', 'Preset',
            'preset_config', 'Option', 'config_options', 'ConfigError', 'accepted_values', 'parse_value',
            'update_config', 'env_values', 'apply_env', 'config_to_dict', 'save_config', 'load_config', 'get_config',
-           'env_table', 'runtime_environment', 'default_data_dir', 'resolve_output_dir', 'seed_everything']
+           'env_table', 'runtime_environment', 'default_data_dir', 'resolve_output_dir', 'seed_everything',
+           'import_optional']
 
 # %% ../nbs/00_config.ipynb #144e7395
 import os
@@ -355,3 +356,10 @@ def seed_everything(seed: int) -> int:
     import torch
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)  # also seeds every CUDA device
     return seed
+
+# %% ../nbs/00_config.ipynb #e7a61ae6
+def import_optional(module: str, package: str, purpose: str):
+    "Import `module` for `purpose`; if it is missing, an ImportError that names the `pip install` of `package`."
+    import importlib
+    try: return importlib.import_module(module)
+    except ImportError as e: raise ImportError(f'{purpose} needs {package} ({e}); install it with: pip install {package}') from e

@@ -35,6 +35,8 @@ import torchvision.transforms.v2 as T
 from PIL import Image, ImageOps
 from sklearn.model_selection import train_test_split
 
+from .config import import_optional
+
 # %% ../nbs/01_data.ipynb #383facfa
 DIGIT_NAMES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
 DIGIT_TEMPLATES = ('a handwritten digit {name}', 'the number {digit} written by hand', 'a photo of the digit {digit}',
@@ -561,10 +563,8 @@ _BPE = None
 def _bpe():
     global _BPE
     if _BPE is None:
-        try: from open_clip.tokenizer import SimpleTokenizer  # imported lazily: slow to import, and absent on some notebook images
-        except ImportError as e:
-            raise ImportError(f'the caption tokenizer needs open_clip ({e}); install it with: pip install open-clip-torch') from e
-        _BPE = SimpleTokenizer()
+        # imported lazily: slow to import, and absent on some notebook images
+        _BPE = import_optional('open_clip.tokenizer', 'open-clip-torch', 'the caption tokenizer').SimpleTokenizer()
     return _BPE
 
 class CaptionTokenizer:

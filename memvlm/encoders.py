@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import import_optional
 from .layers import Transformer
 
 # %% ../nbs/03_encoders.ipynb #204c7dbb
@@ -186,9 +187,10 @@ class TimmEncoder(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True): self.model.set_grad_checkpointing(enable)
 
+def _open_clip(): return import_optional('open_clip', 'open-clip-torch', 'open_clip towers')
+
 def _open_clip_model(model_name: str, pretrained):
-    import open_clip
-    return open_clip.create_model(model_name, pretrained=pretrained or None, force_custom_text=True)
+    return _open_clip().create_model(model_name, pretrained=pretrained or None, force_custom_text=True)
 
 class OpenCLIPVisionEncoder(nn.Module):
     "The visual tower of an open_clip model (by name and pretrained tag or file); tokens: patch tokens, pooled: before the projection."
@@ -220,10 +222,9 @@ class OpenCLIPTextEncoder(nn.Module):
     "The text tower of an open_clip model with its `tokenizer`; pooled: at open_clip's pooling position, before the projection."
     def __init__(self, model_name: str, pretrained: Optional[str] = None):
         super().__init__()
-        import open_clip
         self.text = _open_clip_model(model_name, pretrained).text
         self.text.output_tokens = True
-        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.tokenizer = _open_clip().get_tokenizer(model_name)
         self.width, self.context_length = self.text.width, self.text.context_length
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> EncoderOutput:
         from open_clip.transformer import text_global_pool

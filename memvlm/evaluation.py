@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import import_optional
 from .data import CaptionTokenizer, ImageTextData, ImageTextDataset, image_transform, make_loader
 from .training import plot_history
 
@@ -153,7 +154,7 @@ def modality_accuracy(model: nn.Module, loader, device='cpu') -> dict:
 # %% ../nbs/10_evaluation.ipynb #ff0026cb
 def bleu_score(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     "Corpus BLEU (0-100) of `hypotheses`, each against all of its `references`."
-    import sacrebleu
+    sacrebleu = import_optional('sacrebleu', 'sacrebleu', 'BLEU')
     if len(hypotheses) != len(references): raise ValueError(f'{len(hypotheses)} hypotheses but {len(references)} reference lists')
     n = max(len(r) for r in references)
     streams = [[refs[i] if i < len(refs) else refs[0] for refs in references] for i in range(n)]  # sacrebleu wants equal-length streams
@@ -165,7 +166,7 @@ def _to_hwc(images: torch.Tensor) -> np.ndarray:
 
 def ssim_score(originals: torch.Tensor, reconstructions: torch.Tensor) -> float:
     "Mean SSIM between (B, 3, H, W) `originals` and `reconstructions` (both normalised as by `image_transform`)."
-    from skimage.metrics import structural_similarity
+    structural_similarity = import_optional('skimage.metrics', 'scikit-image', 'SSIM').structural_similarity
     if originals.shape != reconstructions.shape: raise ValueError(f'shapes differ: {tuple(originals.shape)} vs {tuple(reconstructions.shape)}')
     a, b = _to_hwc(originals), _to_hwc(reconstructions)
     side = min(a.shape[1:3])

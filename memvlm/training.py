@@ -31,7 +31,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from timm.scheduler import CosineLRScheduler, PlateauLRScheduler, PolyLRScheduler
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
+from .config import TrainConfig, import_optional
 from .data import CaptionTokenizer
 from .double_loop import DoubleLoop
 from .losses import ModelStep, contrastive_step, distributed_world, model_step
@@ -172,8 +172,7 @@ class TensorBoardLogger:
     "Scalars of every step and epoch record under `folder` (view with `tensorboard --logdir folder`)."
     def __init__(self, folder): self.folder, self.writer = Path(folder), None
     def on_fit_start(self, trainer):
-        from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(str(self.folder))
+        self.writer = import_optional('torch.utils.tensorboard', 'tensorboard', 'logger=tensorboard').SummaryWriter(str(self.folder))
     def _write(self, prefix, record, step):
         for k, v in record.items():
             if isinstance(v, (int, float)) and k not in ('step', 'epoch'): self.writer.add_scalar(f'{prefix}/{k}', v, step)

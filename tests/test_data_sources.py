@@ -229,6 +229,7 @@ def test_task_option_trains_vqa_and_refuses_pairings_that_cannot_train(tmp_path,
     for args, message in [(vqa, 'trains for retrieval'),  # memclip-tiny is contrastive
                           (['--dataset', str(sources / 'csv' / 'captions.csv'), '--task', 'vqa', '--model', 'seed-mnist-concat'],
                            'needs questions and answers'),
-                          (['--task', 'captioning', '--model', 'seed-mnist-concat'], 'trains from Python')]:
+                          (['--task', 'captioning', '--model', 'seed-mnist-concat'], 'the captioning model (MultimodalVAE'),
+                          (['--model', 'vae-tiny'], 'vae-tiny (MultimodalVAEConfig) trains from Python')]:
         assert main(['train', *args, '--output-dir', str(tmp_path / 'bad'), *TINY]) == 2, args
         assert message in capsys.readouterr().err

@@ -90,3 +90,18 @@ def test_evaluate_scores_the_real_fusion_model_with_a_modality_missing(tmp_path)
     assert set(metrics) == {'acc_both', 'acc_image_only', 'acc_text_only'} and all(0 <= v <= 1 for v in metrics.values())
     assert (tmp_path / 'rep' / 'confusion_fusion.png').is_file()
     assert json.loads((tmp_path / 'rep' / 'metrics.json').read_text())['metrics'] == metrics
+
+
+def test_predict_prints_a_caption_from_a_vae_checkpoint(run_dir, tmp_path, capsys):
+    "A model with a caption decoder (vae-tiny) is loaded by the CLI and `predict` prints the caption it generates."
+    import memvlm.vae  # noqa: F401  registers vae-tiny
+    tok = load_checkpoint(run_dir / 'best').tokenizer
+    save_checkpoint(create_model('vae-tiny', vocab_size=tok.vocab_size), tmp_path / 'vae', tok)
+    args = ['predict', '--checkpoint', str(tmp_path / 'vae'), '--image', str(run_dir / 'digit.png'), '--device', 'cpu']
+    assert main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[-1].startswith('caption: '), out
+    words = set(' '.join(c for caps in load_digits_captions()['train']['captions'] for c in caps).split())
+    assert set(out[-1][len('caption: '):].split()) <= words  # decoded from the tokenizer's compact vocabulary
+    assert main(args + ['--text', 'the digit zero']) == 2
+    assert 'it captions the image: leave out --text' in capsys.readouterr().err
