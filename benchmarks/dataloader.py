@@ -33,7 +33,8 @@ def loaders(folder: str, num_workers: int):
                        ('csv-folder', load_csv_captions(write_digits_csv(folder, per_class=100), seed=cfg.train.seed))):
         texts = [c for caps in data['train']['captions'] for c in caps]
         tok = CaptionTokenizer.build(texts, 16, cfg.data.vocab)
-        ds = ImageTextDataset(data['train'], tok, image_transform(32, train=True, augment=cfg.data.augment), seed=cfg.train.seed)
+        ds = ImageTextDataset(data['train'], tok, image_transform(32, train=True, augment=cfg.data.augment), seed=cfg.train.seed,
+                              cache_mb=cfg.data.image_cache_mb)
         out[name] = (make_loader(ds, cfg.train.batch_size, train=True, num_workers=num_workers, seed=cfg.train.seed), tok)
     return out
 

@@ -114,10 +114,12 @@ def run_training(run: Run, progress: bool = True) -> dict:
         return image_transform(size, train=train, augment=cfg.data.augment, augmentation=cfg.data.augmentation, resize=cfg.data.resize)
     classifier = isinstance(run.model, FusionModel)
     task = 'vqa' if cfg.data.task == 'vqa' else 'classification' if classifier else 'retrieval'  # prepare_run checked the pairing
-    train_ds = ImageTextDataset(data['train'], tok, transform(train=True), seed=cfg.train.seed, task=task, modality_dropout=dropout)
+    train_ds = ImageTextDataset(data['train'], tok, transform(train=True), seed=cfg.train.seed, task=task, modality_dropout=dropout,
+                                cache_mb=cfg.data.image_cache_mb)
     answers = train_ds.answers if task == 'vqa' else None  # one answer index for every split
     def eval_loader(split: str):
-        return make_loader(ImageTextDataset(data[split], tok, transform(), caption='first', task=task, answers=answers),
+        return make_loader(ImageTextDataset(data[split], tok, transform(), caption='first', task=task, answers=answers,
+                                            cache_mb=cfg.data.image_cache_mb),
                            cfg.train.batch_size, num_workers=cfg.data.num_workers)
     train_loader = make_loader(train_ds, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     val_loader = eval_loader('validation')

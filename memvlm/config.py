@@ -53,6 +53,7 @@ class DataConfig:
     streaming: bool = option(False, "Stream hub datasets instead of downloading them whole (for sets larger than the disk); the first max_samples examples are taken.")
     cache_dir: str = option('', "Where hub datasets and downloaded images are cached; empty: the Hugging Face default and `~/.cache/memvlm/images`.")
     num_workers: int = option(0, "DataLoader worker processes (0: load in the main process).", min=0)
+    image_cache_mb: int = option(1024, "Memory (MB) each training or evaluation set may fill with decoded images, so that later epochs and loader workers skip decoding; 0 decodes every time.", min=0)
 
 # %% ../nbs/00_config.ipynb #b1d0a001
 @dataclass

@@ -689,7 +689,8 @@ class ImageTextDataset(torch.utils.data.Dataset):
     "One split as samples in the batch format, for a `task`: `retrieval` (image, caption tokens), `captioning` (plus `target_ids`, the next token at each position, -100 where none), `vqa` (question tokens, `answer`, its index as `label`), `classification` (image, `label`)."
     def __init__(self, split: datasets.Dataset, tokenizer: CaptionTokenizer, transform: Callable,
                  caption: str = 'random', seed: int = 0, task: str = 'retrieval',
-                 modality_dropout: Optional[ModalityDropout] = None, answers: Optional[Sequence[str]] = None):
+                 modality_dropout: Optional[ModalityDropout] = None, answers: Optional[Sequence[str]] = None,
+                 cache_mb: float = 0):
         if caption not in ('random', 'first'): raise ValueError(f"caption={caption!r}: expected 'random' or 'first'")
         if task not in TASKS: raise ValueError(f'task={task!r}: expected one of {TASKS}')
         cols = split.column_names
@@ -699,9 +700,22 @@ class ImageTextDataset(torch.utils.data.Dataset):
         self.task, self.modality_dropout = task, modality_dropout
         self.labelled, self.epoch, self._tokens = 'label' in cols, 0, {}
         self.has_images = 'image' in cols
+        # text columns as Python lists: a row read through `datasets` costs more than the sample's whole transform
+        self._columns = {c: split[c] for c in cols if c != 'image'}
+        self._images = self._decode_images(cache_mb) if self.has_images and cache_mb > 0 else []
         if task == 'vqa':  # answers are classes; the train split's answers unless given (pass them to other splits)
             self.answers = list(answers) if answers is not None else sorted(set(split['answer']))
             self._answer_index = {a: i for i, a in enumerate(self.answers)}
+
+    def _decode_images(self, cache_mb: float) -> list:
+        "Images decoded once, in order, while their pixels fit in `cache_mb` MB: every epoch, and workers forked later, reuse them."
+        out, budget = [], cache_mb * 2**20
+        for row in self.split.select_columns(['image']):
+            img = row['image']
+            budget -= img.width * img.height * len(img.getbands())
+            if budget < 0: break
+            out.append(img)
+        return out
 
     def __len__(self): return len(self.split)
     def set_epoch(self, epoch: int): self.epoch = epoch
@@ -713,13 +727,14 @@ class ImageTextDataset(torch.utils.data.Dataset):
         return self._tokens[caption]
 
     def __getitem__(self, i: int) -> dict:
-        row = self.split[int(i)]
+        i = int(i)
+        row = {k: v[i] for k, v in self._columns.items()}
         captions = row['captions']
-        rng = random.Random(hash((self.seed, self.epoch, int(i))))
+        rng = random.Random(hash((self.seed, self.epoch, i)))
         pick = rng.randrange(len(captions)) if self.caption == 'random' else 0
         input_ids, attention_mask = self._tokenize(captions[pick])
         sample = {'input_ids': input_ids, 'attention_mask': attention_mask, 'caption': captions[pick]}
-        if self.has_images: sample['image'] = self.transform(row['image'])
+        if self.has_images: sample['image'] = self.transform(self._images[i] if i < len(self._images) else self.split[i]['image'])
         if self.labelled: sample['label'] = row['label']
         if self.task == 'captioning':
             target = torch.full_like(input_ids, -100)
