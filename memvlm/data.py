@@ -701,7 +701,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
         self.labelled, self.epoch, self._tokens = 'label' in cols, 0, {}
         self.has_images = 'image' in cols
         # text columns as Python lists: a row read through `datasets` costs more than the sample's whole transform
-        self._columns = {c: split[c] for c in cols if c != 'image'}
+        self._columns = split.select_columns([c for c in cols if c != 'image']).to_dict()
         self._images = self._decode_images(cache_mb) if self.has_images and cache_mb > 0 else []
         if task == 'vqa':  # answers are classes; the train split's answers unless given (pass them to other splits)
             self.answers = list(answers) if answers is not None else sorted(set(split['answer']))
