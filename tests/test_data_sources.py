@@ -199,7 +199,8 @@ def test_train_on_the_csv_format_end_to_end(memvlm_cli, tmp_path, sources):
     assert r.returncode == 2 and 'points outside the dataset folder' in r.stderr
 
 
-@pytest.mark.parametrize('source', ['folder', 'coco/annotations/captions_val2017.json', 'saved', 'pairs.parquet'])
+@pytest.mark.parametrize('source', ['csv.tsv', 'pairs.json', 'pairs.jsonl', 'pairs.parquet', 'pairs.arrow', 'folder', 'coco',
+                                    'coco/annotations/captions_val2017.json', 'saved'])
 def test_train_on_each_local_format(tmp_path, sources, source, monkeypatch, capsys):
     "`memvlm train` in this process (the console script's own start-up is tested once, above)."
     from memvlm.cli import main
