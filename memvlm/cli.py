@@ -57,6 +57,10 @@ def _check_space(folder: Path, model: torch.nn.Module):
         raise RuntimeError(f'output folder {str(folder)!r} has {free / 1e6:.1f} MB free; this run needs about {need / 1e6:.0f} MB '
                            'for its checkpoints: free some space or set output_dir to another disk')
 
+def _models_of(*config_types) -> str:
+    "The registered models built from configs of `config_types`, for messages."
+    return ', '.join(n for n in list_models() if isinstance(model_config(n), config_types))
+
 def _classes(data: ImageTextData, task: str, model: str) -> list:
     "What the fusion model `model` learns to predict for `task`: the dataset's classes, or for `vqa` the train split's answers."
     if task == 'captioning':
@@ -81,14 +85,12 @@ def prepare_run(cfg: RunConfig) -> Run:
     fusion_options = {}  # fusion models choose towers and blocks, and classify labels or answers; other architectures refuse these
     arch_config = model_config(m.model)
     if not isinstance(arch_config, (MemoryCLIPConfig, FusionModelConfig)):
-        trainable = [n for n in list_models() if isinstance(model_config(n), (MemoryCLIPConfig, FusionModelConfig))]
         raise ValueError(f'{m.model} ({type(arch_config).__name__}) trains from Python, as in benchmarks/vae_digits.py; '
-                         f'memvlm train trains {", ".join(trainable)}')
+                         f'memvlm train trains {_models_of(MemoryCLIPConfig, FusionModelConfig)}')
     if isinstance(arch_config, FusionModelConfig): fusion_options['num_classes'] = len(_classes(data, cfg.data.task, m.model))
     elif cfg.data.task != 'retrieval':
-        fusion = [n for n in list_models() if isinstance(model_config(n), FusionModelConfig)]
         raise ValueError(f'task={cfg.data.task}: {m.model} is a contrastive image-text model and trains for retrieval; '
-                         f'classification and vqa train a fusion model: {", ".join(fusion)}')
+                         f'classification and vqa train a fusion model: {_models_of(FusionModelConfig)}')
     arch = model_config(m.model, memory_tokens=m.memory_tokens, embed_dim=m.embed_dim, vision_width=m.vision_width,
                         vision_depth=m.vision_depth, text_width=m.text_width, text_depth=m.text_depth,
                         image_size=cfg.data.image_size, context_length=cfg.data.context_length, vision=m.vision_encoder,
