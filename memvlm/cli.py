@@ -94,10 +94,12 @@ def prepare_run(cfg: RunConfig) -> Run:
     arch = model_config(m.model, memory_tokens=m.memory_tokens, embed_dim=m.embed_dim, vision_width=m.vision_width,
                         vision_depth=m.vision_depth, text_width=m.text_width, text_depth=m.text_depth,
                         image_size=cfg.data.image_size, context_length=cfg.data.context_length, vision=m.vision_encoder,
-                        text=m.text_encoder, pretrained=m.pretrained, fusion=m.fusion, attention=m.attention,
-                        position=m.position_encoding, ffn=m.ffn, norm=m.norm, **fusion_options)
+                        text=m.text_encoder, pretrained=m.pretrained, text_pretrained=m.text_pretrained, fusion=m.fusion,
+                        attention=m.attention, position=m.position_encoding, ffn=m.ffn, norm=m.norm, window=m.window,
+                        global_tokens=m.global_tokens, fusion_heads=m.fusion_heads, **fusion_options)
     texts = [c for caps in data['train']['captions'] for c in caps] + [p for ps in (data.class_prompts or []) for p in ps]
-    tokenizer = CaptionTokenizer.build(texts, arch.context_length, cfg.data.vocab)
+    vocab = 'full' if getattr(arch, 'text', '').startswith('open_clip:') else cfg.data.vocab  # open_clip towers read their own ids
+    tokenizer = CaptionTokenizer.build(texts, arch.context_length, vocab)
     model = create_model(replace(arch, vocab_size=tokenizer.vocab_size))
     _check_space(output_dir, model)
     return Run(cfg, data, tokenizer, model, device, output_dir)

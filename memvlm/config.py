@@ -67,13 +67,17 @@ class ModelConfig:
     text_width: Optional[int] = option(None, "Width of the text transformer.", min=8)
     text_depth: Optional[int] = option(None, "Blocks in the text transformer.", min=1)
     vision_encoder: Optional[str] = option(None, "Vision tower of fusion models (`seed-*`): `vit`, `cnn`, `timm:<model>` (any timm model, e.g. `timm:vit_small_patch14_dinov2`, `timm:resnet18`) or `open_clip:<model>`.", pattern=r'vit|cnn|timm:[\w.\-]+|open_clip:[\w.\-/]+', accepted='vit, cnn, timm:<model>, open_clip:<model>')
-    text_encoder: Optional[Literal['text-transformer', 'lstm']] = option(None, "Text tower of fusion models: a BERT-style `text-transformer` or an `lstm`.")
+    text_encoder: Optional[str] = option(None, "Text tower of fusion models: a BERT-style `text-transformer`, an `lstm`, or `open_clip:<model>` (an open_clip text tower; captions then use open_clip's full vocabulary).", pattern=r'text-transformer|lstm|open_clip:[\w.\-/]+', accepted='text-transformer, lstm, open_clip:<model>')
     pretrained: Optional[str] = option(None, "Pretrained weights of a timm/open_clip vision tower: a tag (downloads where there is network) or a local weights file.")
+    text_pretrained: Optional[str] = option(None, "Pretrained weights of an open_clip text tower: a tag or a local weights file.")
     fusion: Optional[Literal['concat', 'late', 'cross', 'bicross', 'pool', 'gated']] = option(None, "How fusion models join image and text (`memvlm.fusion`): concatenation, late, cross-attention, bidirectional cross-attention, attentional pooling, gated.")
     attention: Optional[Literal['full', 'sparse', 'linear']] = option(None, "Self-attention of fusion models' transformer towers: `full` (fused SDPA), `sparse` (local window + global tokens) or `linear` (O(N) kernel attention).")
     position_encoding: Optional[Literal['none', 'learned', 'sinusoidal', 'rotary', 'relative']] = option(None, "Extra positional encoding in those towers' blocks (on top of their learned input positions).")
     ffn: Optional[Literal['mlp', 'glu', 'swiglu']] = option(None, "Feed-forward network of those towers' blocks.")
     norm: Optional[Literal['layernorm', 'rmsnorm', 'scalenorm']] = option(None, "Normalisation of those towers' blocks.")
+    window: Optional[int] = option(None, "Sparse attention: each token sees the tokens within this distance.", min=0)
+    global_tokens: Optional[int] = option(None, "Sparse attention: this many first tokens see, and are seen by, every token.", min=0)
+    fusion_heads: Optional[int] = option(None, "Attention heads of the cross-attention and pooling fusions.", min=1)
 
 # %% ../nbs/00_config.ipynb #b1d0a002
 @dataclass
@@ -92,7 +96,7 @@ class TrainConfig:
     accumulation_steps: int = option(1, "Forward/backward passes whose gradients are summed before each optimiser step (contrastive negatives still come from one pass).", min=1)
     precision: Literal['fp32', 'bf16', 'fp16'] = option('fp32', "Arithmetic: `fp32`, `bf16` autocast (CPU or GPU) or `fp16` autocast with a gradient scaler (GPU).")
     grad_checkpointing: bool = option(False, "Recompute transformer activations in the backward pass: less memory, about a third more compute.")
-    freeze: str = option('', "Comma-separated parameter-name prefixes to lock (no gradient, no update), e.g. `visual` or `text,text_proj`; empty: train everything.", pattern=r'[A-Za-z0-9_.,]*', accepted='comma-separated parameter-name prefixes')
+    freeze: str = option('', "Comma-separated parameter-name prefixes to lock (no gradient, no update), e.g. `visual` or `text,text_proj`; `prefix:N` locks only the first N blocks of that tower (and its embeddings), e.g. `visual:2`; empty: train everything.", pattern=r'[A-Za-z0-9_.,:]*', accepted='comma-separated parameter-name prefixes, each optionally :N')
     contrastive_loss: Literal['clip', 'siglip'] = option('clip', "Loss of dual encoders: `clip` (softmax InfoNCE, features gathered from all processes) or `siglip` (pairwise sigmoid).")
     task_weighting: Literal['sum', 'uncertainty'] = option('sum', "How a model's several loss terms combine: plain `sum` or learned `uncertainty` weighting (Kendall et al.).")
     max_bad_steps: int = option(10, "Steps in a row with a non-finite loss or gradient (each skipped and logged) after which training stops, keeping the last good checkpoint.", min=1)

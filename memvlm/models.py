@@ -265,7 +265,7 @@ def load_checkpoint(folder, device: Union[str, torch.device] = 'cpu') -> Checkpo
     return Checkpoint(model.to(device).eval(), tok, info.get('metadata', {}))
 
 # %% ../nbs/07_models.ipynb #059510be
-from .encoders import CNNEncoder, LSTMEncoder, OpenCLIPVisionEncoder, TimmEncoder, set_grad_checkpointing
+from .encoders import CNNEncoder, LSTMEncoder, OpenCLIPTextEncoder, OpenCLIPVisionEncoder, TimmEncoder, set_grad_checkpointing
 from .fusion import create_fusion
 from .heads import ClassificationHead, MultiLabelHead, RegressionHead
 
@@ -273,7 +273,7 @@ from .heads import ClassificationHead, MultiLabelHead, RegressionHead
 class FusionModelConfig:
     "Architecture of a `FusionModel`; field names shared with `MemoryCLIPConfig` mean the same."
     vision: str = 'vit'  # 'vit' (from scratch), 'cnn', 'timm:<model name>' or 'open_clip:<model name>'
-    text: str = 'text-transformer'  # 'text-transformer' (BERT-style, from scratch) or 'lstm'
+    text: str = 'text-transformer'  # 'text-transformer' (BERT-style, from scratch), 'lstm' or 'open_clip:<model name>'
     image_size: int = 32
     patch_size: int = 8
     stem: str = 'conv'
@@ -281,7 +281,8 @@ class FusionModelConfig:
     vision_depth: int = 2  # ViT blocks or CNN stages (timm ViTs: their depth)
     vision_heads: int = 4
     memory_tokens: int = 0  # learnable memory tokens in a ViT-style vision tower (timm: reg_tokens), stripped before fusion
-    pretrained: str = ''  # timm/open_clip: pretrained tag, or a local weights file
+    pretrained: str = ''  # timm/open_clip vision tower: pretrained tag, or a local weights file
+    text_pretrained: str = ''  # open_clip text tower: pretrained tag, or a local weights file
     vocab_size: int = 49408
     context_length: int = 16
     text_width: int = 64
@@ -292,6 +293,7 @@ class FusionModelConfig:
     ffn: str = 'mlp'  # 'mlp', 'glu', 'swiglu'
     norm: str = 'layernorm'  # 'layernorm', 'rmsnorm', 'scalenorm'
     window: int = 4  # sparse attention: local window (± tokens)
+    global_tokens: int = 0  # sparse attention: the first tokens attend, and are attended, everywhere
     fusion: str = 'concat'  # see `memvlm.fusion.FUSIONS`
     embed_dim: int = 64  # width of the fused vector
     fusion_heads: int = 4
@@ -313,7 +315,8 @@ class FusionOutput:
 TASK_HEADS = {'classification': ClassificationHead, 'multilabel': MultiLabelHead, 'regression': RegressionHead}
 
 def _block_options(c: FusionModelConfig, max_len: int) -> dict:
-    return dict(attention=c.attention, position=c.position, ffn=c.ffn, norm=c.norm, window=c.window, max_len=max_len)
+    return dict(attention=c.attention, position=c.position, ffn=c.ffn, norm=c.norm, window=c.window, global_tokens=c.global_tokens,
+                max_len=max_len)
 
 def build_vision(c: FusionModelConfig) -> nn.Module:
     "The vision encoder `c.vision` names, sized by `c`."
@@ -335,7 +338,8 @@ def build_text(c: FusionModelConfig) -> nn.Module:
     if c.text == 'text-transformer':
         return TextEncoder(c.vocab_size, c.context_length, c.text_width, c.text_depth, c.text_heads, block=_block_options(c, c.context_length))
     if c.text == 'lstm': return LSTMEncoder(c.vocab_size, c.text_width, c.text_depth, context_length=c.context_length)
-    raise ValueError(f"text={c.text!r}: expected 'text-transformer' or 'lstm'")
+    if c.text.startswith('open_clip:'): return OpenCLIPTextEncoder(c.text[10:], c.text_pretrained or None)  # reads open_clip's token ids
+    raise ValueError(f"text={c.text!r}: expected 'text-transformer', 'lstm' or 'open_clip:<model>'")
 
 class FusionModel(nn.Module):
     "Vision encoder + text encoder + fusion + head; either modality may be missing."

@@ -32,6 +32,7 @@ from timm.scheduler import CosineLRScheduler, PlateauLRScheduler, PolyLRSchedule
 from tqdm.auto import tqdm
 
 from .config import TrainConfig, import_optional
+from .encoders import freeze as freeze_blocks
 from .data import CaptionTokenizer
 from .double_loop import DoubleLoop
 from .losses import ModelStep, contrastive_step, distributed_world, model_step
@@ -72,17 +73,25 @@ def make_optimizer(groups: list[dict], lr: float, device: torch.device) -> torch
 
 # %% ../nbs/09_training.ipynb #36587e48
 def freeze_parameters(model: nn.Module, prefixes: str | Sequence[str]) -> list[str]:
-    "Lock the parameters whose names start with one of `prefixes` (comma-separated or a list): no gradient, no update. Returns their names."
-    prefixes = [p.strip() for p in (prefixes.split(',') if isinstance(prefixes, str) else prefixes) if p.strip()]
+    """Lock parameters (no gradient, no update): those whose names start with one of `prefixes` (comma-separated or a list),
+    and for `prefix:N` the first N blocks of the encoder at `prefix` with the embeddings in front of them. Returns their names."""
+    specs = [p.strip() for p in (prefixes.split(',') if isinstance(prefixes, str) else prefixes) if p.strip()]
     names = [n for n, _ in model.named_parameters()]
-    for pre in prefixes:
-        if not any(n == pre or n.startswith(pre + '.') for n in names):
+    under = lambda name, pre: name == pre or name.startswith(pre + '.')
+    for spec in specs:
+        pre, _, blocks = spec.partition(':')
+        if not any(under(n, pre) for n in names):
             tops = sorted({n.split('.')[0] for n in names})
             raise ValueError(f'freeze prefix {pre!r} matches no parameter of {type(model).__name__}; its top-level names: {", ".join(tops)}')
-    frozen = [n for n, p in model.named_parameters() if any(n == pre or n.startswith(pre + '.') for pre in prefixes)]
-    for n, p in model.named_parameters():
-        if n in frozen: p.requires_grad_(False)
-    return frozen
+        if spec != pre and not blocks.isdigit(): raise ValueError(f'freeze {spec!r}: expected {pre}:N, N the number of first blocks to lock')
+    for spec in specs:
+        pre, _, blocks = spec.partition(':')
+        if blocks: freeze_blocks(model.get_submodule(pre), int(blocks))
+        else:
+            for n, p in model.named_parameters():
+                if under(n, pre): p.requires_grad_(False)
+    prefixes = [spec.partition(':')[0] for spec in specs]
+    return [n for n, p in model.named_parameters() if not p.requires_grad and any(under(n, pre) for pre in prefixes)]
 
 # %% ../nbs/09_training.ipynb #1f2b40c9
 def make_scheduler(optimizer, config: TrainConfig, total_steps: int, mode: str = 'min'):

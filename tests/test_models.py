@@ -84,3 +84,33 @@ def test_prepare_run_builds_a_fusion_classifier(tmp_path):
     run = prepare_run(cfg)
     assert isinstance(run.model, FusionModel) and run.model.config.num_classes == 10
     assert run.model.config.fusion == 'late' and run.model.config.vocab_size == run.tokenizer.vocab_size
+
+
+def test_every_zoo_choice_reaches_the_model_through_prepare_run(tmp_path, digits):
+    "A YAML-shaped config picks an open_clip text tower, sparse attention with its window and global tokens, a fusion and its heads."
+    import json
+    import open_clip
+    from memvlm.cli import prepare_run
+    from memvlm.encoders import OpenCLIPTextEncoder
+    tiny = {'embed_dim': 32, 'vision_cfg': {'image_size': 32, 'layers': 1, 'width': 64, 'patch_size': 8},
+            'text_cfg': {'context_length': 16, 'vocab_size': 49408, 'width': 64, 'heads': 4, 'layers': 1}}
+    (tmp_path / 'memvlm-test-clip.json').write_text(json.dumps(tiny))
+    open_clip.add_model_config(str(tmp_path / 'memvlm-test-clip.json'))
+    cfg = update_config(RunConfig(), {
+        'model': {'model': 'seed-multimodal-transformer', 'text_encoder': 'open_clip:memvlm-test-clip', 'vision_encoder': 'vit',
+                  'attention': 'sparse', 'window': 1, 'global_tokens': 2, 'fusion': 'bicross', 'fusion_heads': 2},
+        'train': {'device': 'cpu', 'freeze': 'text:1'}, 'output_dir': str(tmp_path / 'out')})
+    run = prepare_run(cfg)
+    model = run.model
+    assert isinstance(model.text, OpenCLIPTextEncoder) and run.tokenizer.vocab_size == 49408  # open_clip's own token ids
+    attn = model.visual.transformer.blocks[0].attn
+    assert (type(attn).__name__, attn.window, attn.global_tokens) == ('SparseAttention', 1, 2)
+    assert type(model.fusion).__name__ == 'BiCrossAttentionFusion' and model.fusion.t2i.num_heads == 2
+    data, _ = digits
+    batch = run.tokenizer(data['train']['captions'][0][:1] * 2)
+    out = model(torch.randn(2, 3, 32, 32), batch['input_ids'], batch['attention_mask'], label=torch.tensor([1, 2]))
+    sum(out.loss_terms.values()).backward()
+    assert model.text.text.token_embedding.weight.grad is not None
+    from memvlm.training import freeze_parameters
+    locked = freeze_parameters(model, cfg.train.freeze)  # as the Trainer does with train.freeze
+    assert locked and all(n.startswith('text.') for n in locked) and any('resblocks.0.' in n for n in locked)
