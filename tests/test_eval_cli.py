@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from memvlm.data import CaptionTokenizer, load_digits_captions, write_digits_csv
 from memvlm.cli import main
@@ -96,12 +97,13 @@ def test_predict_prints_a_caption_from_a_vae_checkpoint(run_dir, tmp_path, capsy
     "A model with a caption decoder (vae-tiny) is loaded by the CLI and `predict` prints the caption it generates."
     import memvlm.vae  # noqa: F401  registers vae-tiny
     tok = load_checkpoint(run_dir / 'best').tokenizer
+    torch.manual_seed(0)
     save_checkpoint(create_model('vae-tiny', vocab_size=tok.vocab_size), tmp_path / 'vae', tok)
     args = ['predict', '--checkpoint', str(tmp_path / 'vae'), '--image', str(run_dir / 'digit.png'), '--device', 'cpu']
     assert main(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and out[-1].startswith('caption: '), out
+    assert len(out) == 1 and out[0].startswith('caption:'), out  # an untrained decoder may end the caption at once
     words = set(' '.join(c for caps in load_digits_captions()['train']['captions'] for c in caps).split())
-    assert set(out[-1][len('caption: '):].split()) <= words  # decoded from the tokenizer's compact vocabulary
+    assert set(out[0][len('caption:'):].split()) <= words  # decoded from the tokenizer's compact vocabulary
     assert main(args + ['--text', 'the digit zero']) == 2
     assert 'it captions the image: leave out --text' in capsys.readouterr().err

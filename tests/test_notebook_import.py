@@ -6,12 +6,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPT = f'''
-import builtins, sys
-real_import = builtins.__import__
-def without_open_clip(name, *args, **kwargs):
-    if name.split('.')[0] == 'open_clip': raise ModuleNotFoundError("No module named 'open_clip'")
-    return real_import(name, *args, **kwargs)
-builtins.__import__ = without_open_clip
+import sys
+class WithoutOpenClip:  # a finder ahead of all others: `import open_clip` and importlib.import_module('open_clip') both fail
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'open_clip': raise ModuleNotFoundError("No module named 'open_clip'")
+sys.meta_path.insert(0, WithoutOpenClip())
 sys.path.insert(0, {str(ROOT)!r})
 import memvlm.cli  # every module imports without open_clip
 from memvlm.data import CaptionTokenizer
