@@ -134,6 +134,13 @@ def test_hub_presets_through_a_local_copy(sources, monkeypatch):
     assert asked == ['kishore-s-15/mnist-qwen2.5-2B-captions', 'kishore-s-15/animal-faces-captioned', 'someone/captions']
     assert n_examples(get_dataset('mnist-captions', streaming=True, max_samples=4)) == 8
     with pytest.raises(ValueError, match='streaming needs max_samples'): get_dataset('mnist-captions', streaming=True)
+    pngs = sorted((sources / 'csv' / 'images').glob('*.png'))[:8]  # Localized Narratives' schema: image, a long caption, extras
+    narratives = datasets.Dataset.from_dict({'image': [Image.open(p) for p in pngs], 'image_id': [p.stem for p in pngs],
+                                             'caption': [f'In this picture we can see the digit {p.stem}.' for p in pngs],
+                                             'voice_recording': [f'{p.stem}.ogg' for p in pngs]}).cast_column('image', datasets.Image())
+    monkeypatch.setattr(D, '_hub_load', lambda *a, **k: narratives)
+    ln = get_dataset('localized-narratives')
+    assert n_examples(ln) == 8 and ln['train'][0]['captions'][0].startswith('In this picture we can see the digit')
 
 
 def test_url_presets_download_boundedly_and_resume(sources, tmp_path, monkeypatch):
