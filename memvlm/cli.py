@@ -28,7 +28,7 @@ from . import vae  # noqa: F401  registers vae-tiny, so that eval and predict lo
 # %% ../nbs/12_cli.ipynb #1330a260
 import shutil
 
-from .data import dataset_from_config
+from .data import answer_classes, dataset_from_config
 from .models import FusionModelConfig, MemoryCLIPConfig, create_model, list_models
 
 @dataclass
@@ -69,7 +69,7 @@ def _classes(data: ImageTextData, task: str, model: str) -> list:
     if task == 'vqa':
         columns = data['train'].column_names
         if 'answer' not in columns: raise ValueError(f'task=vqa needs questions and answers, but dataset {data.name!r} has columns {columns}')
-        return sorted(set(data['train']['answer']))
+        return answer_classes(data['train'])  # the classes run_training's VQA datasets index answers by
     if not data.labelled: raise ValueError(f'{model} is trained as a classifier, but dataset {data.name!r} has no labels')
     return data.classnames
 

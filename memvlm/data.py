@@ -10,7 +10,7 @@ __all__ = ['DIGIT_NAMES', 'DIGIT_TEMPLATES', 'SPLIT_FRACTIONS', 'IMAGE_KEYS', 'C
            'pick_column', 'build_image_text_data', 'show_samples', 'load_table', 'load_image_folder', 'load_coco_json',
            'load_csv_captions', 'load_saved_dataset', 'load_hub_dataset', 'download_images', 'find_kaggle_input',
            'load_local', 'get_dataset', 'dataset_from_config', 'load_image_text_data', 'CaptionTokenizer',
-           'image_transform', 'ModalityDropout', 'ImageTextDataset', 'collate', 'make_loader']
+           'image_transform', 'ModalityDropout', 'answer_classes', 'ImageTextDataset', 'collate', 'make_loader']
 
 # %% ../nbs/01_data.ipynb #db466d13
 import hashlib
@@ -685,6 +685,10 @@ class ModalityDropout:
             sample['input_ids'] = sample['input_ids'] * sample['attention_mask']
         return sample
 
+def answer_classes(split: datasets.Dataset) -> list[str]:
+    "The distinct answers of a VQA split, sorted: the classes a VQA model predicts."
+    return sorted(set(split['answer']))
+
 class ImageTextDataset(torch.utils.data.Dataset):
     "One split as samples in the batch format, for a `task`: `retrieval` (image, caption tokens), `captioning` (plus `target_ids`, the next token at each position, -100 where none), `vqa` (question tokens, `answer`, its index as `label`), `classification` (image, `label`)."
     def __init__(self, split: datasets.Dataset, tokenizer: CaptionTokenizer, transform: Callable,
@@ -704,7 +708,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
         self._columns = split.select_columns([c for c in cols if c != 'image']).to_dict()
         self._images = self._decode_images(cache_mb) if self.has_images and cache_mb > 0 else []
         if task == 'vqa':  # answers are classes; the train split's answers unless given (pass them to other splits)
-            self.answers = list(answers) if answers is not None else sorted(set(split['answer']))
+            self.answers = list(answers) if answers is not None else answer_classes(split)
             self._answer_index = {a: i for i, a in enumerate(self.answers)}
 
     def _decode_images(self, cache_mb: float) -> list:

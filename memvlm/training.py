@@ -78,20 +78,18 @@ def freeze_parameters(model: nn.Module, prefixes: str | Sequence[str]) -> list[s
     specs = [p.strip() for p in (prefixes.split(',') if isinstance(prefixes, str) else prefixes) if p.strip()]
     names = [n for n, _ in model.named_parameters()]
     under = lambda name, pre: name == pre or name.startswith(pre + '.')
-    for spec in specs:
-        pre, _, blocks = spec.partition(':')
+    parsed = [spec.partition(':') for spec in specs]  # (prefix, ':', blocks)
+    for spec, (pre, _, blocks) in zip(specs, parsed):
         if not any(under(n, pre) for n in names):
             tops = sorted({n.split('.')[0] for n in names})
             raise ValueError(f'freeze prefix {pre!r} matches no parameter of {type(model).__name__}; its top-level names: {", ".join(tops)}')
         if spec != pre and not blocks.isdigit(): raise ValueError(f'freeze {spec!r}: expected {pre}:N, N the number of first blocks to lock')
-    for spec in specs:
-        pre, _, blocks = spec.partition(':')
+    for pre, _, blocks in parsed:
         if blocks: freeze_blocks(model.get_submodule(pre), int(blocks))
         else:
             for n, p in model.named_parameters():
                 if under(n, pre): p.requires_grad_(False)
-    prefixes = [spec.partition(':')[0] for spec in specs]
-    return [n for n, p in model.named_parameters() if not p.requires_grad and any(under(n, pre) for pre in prefixes)]
+    return [n for n, p in model.named_parameters() if not p.requires_grad and any(under(n, pre) for pre, _, _ in parsed)]
 
 # %% ../nbs/09_training.ipynb #1f2b40c9
 def make_scheduler(optimizer, config: TrainConfig, total_steps: int, mode: str = 'min'):

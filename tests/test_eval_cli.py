@@ -93,7 +93,6 @@ def test_evaluate_scores_the_real_fusion_model_with_a_modality_missing(tmp_path)
 
 def test_predict_prints_a_caption_from_a_vae_checkpoint(run_dir, tmp_path, capsys):
     "A model with a caption decoder (vae-tiny) is loaded by the CLI and `predict` prints the caption it generates."
-    import memvlm.vae  # noqa: F401  registers vae-tiny
     tok = load_checkpoint(run_dir / 'best').tokenizer
     torch.manual_seed(0)
     save_checkpoint(create_model('vae-tiny', vocab_size=tok.vocab_size), tmp_path / 'vae', tok)
