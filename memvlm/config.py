@@ -43,10 +43,14 @@ class DataConfig:
     image_key: str = option('', "Column (or JSON key) holding the image or its file path; empty: the first of image, img, jpg, png, filepath, file_name, image_path, path.")
     caption_key: str = option('', "Column holding the caption(s); empty: the first of captions, caption, text, title, sentences, sentence.")
     label_key: str = option('', "Column holding the class label; empty: the first of label, labels, class, category (a dataset without one is unlabelled).")
+    value_key: str = option('', "Column holding the number a `regression` fusion model predicts; empty: `value`, if there is one.")
+    tags_key: str = option('', "Column holding the tags a `multilabel` fusion model predicts (a list, or names joined by `|`, `;` or `,`); empty: `tags`, if there is one.")
     question_key: str = option('', "Column holding a VQA question; empty: question.")
     answer_key: str = option('', "Column holding a VQA answer; empty: the first of multiple_choice_answer, answer, answers.")
     caption_template: str = option('a photo of a {name}', "Caption of each image of an image folder with one sub-folder per class; `{name}` is the folder name with `_` and `-` read as spaces.")
-    task: Literal['retrieval', 'captioning', 'vqa', 'classification'] = option('retrieval', "What samples carry (`ImageTextDataset`'s `task`): `retrieval` (image + caption), `captioning` (image + caption tokens as targets), `vqa` (image + question tokens, answer as label), `classification` (image + label). `memvlm train` trains contrastive models (memclip-*) for retrieval and fusion models (seed-*) for classification or vqa; captioning models train from Python.")
+    task: str = option('retrieval', "What the model learns, and so what samples carry (`ImageTextDataset`'s `task`): `retrieval` (image + caption; contrastive models, memclip-*), `captioning` (caption tokens as targets; captioning models train from Python), `vqa` (question tokens, the answer as a class); and for fusion models (seed-*) `classification` (the label column), `regression` (value), `multilabel` (tags), or several of these and `contrastive` (an image-text alignment term) joined by `+`, e.g. `classification+regression`. Fusion models given `retrieval` classify.",
+                       pattern=r'retrieval|captioning|vqa|(classification|regression|multilabel|contrastive)(\+(classification|regression|multilabel|contrastive))*',
+                       accepted='retrieval, captioning, vqa, classification, regression, multilabel, or several of classification, regression, multilabel, contrastive joined by +')
     modality_dropout: float = option(0.0, "Probability that a training sample loses its image and, independently, its text (zeroed; `has_image`/`has_text` flags in the batch).", min=0.0, max=1.0)
     max_skip_fraction: float = option(0.05, "Largest fraction of examples that may be skipped as undecodable images or empty captions (each counted and logged) before loading fails.", min=0.0, max=1.0)
     max_samples: int = option(0, "Use at most this many examples (streamed sets, URL downloads); 0: all.", min=0)
@@ -78,6 +82,9 @@ class ModelConfig:
     window: Optional[int] = option(None, "Sparse attention: each token sees the tokens within this distance.", min=0)
     global_tokens: Optional[int] = option(None, "Sparse attention: this many first tokens see, and are seen by, every token.", min=0)
     fusion_heads: Optional[int] = option(None, "Attention heads of the cross-attention and pooling fusions.", min=1)
+    head_hidden: Optional[int] = option(None, "Hidden layer width of fusion models' task heads; 0: linear heads.", min=0)
+    task_weights: Optional[str] = option(None, "Loss weight of each task of a multi-task fusion model, e.g. `classification:1,contrastive:0.5`; unnamed tasks weigh 1.",
+                                         pattern=r'(\w+:[0-9.eE+\-]+)(,\w+:[0-9.eE+\-]+)*', accepted='comma-separated task:weight pairs')
 
 # %% ../nbs/00_config.ipynb #b1d0a002
 @dataclass

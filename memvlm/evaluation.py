@@ -5,9 +5,10 @@
 # %% auto #0
 __all__ = ['MODALITIES', 'TASKS', 'embed_images', 'embed_texts', 'prompts_from_templates', 'zero_shot_classifier',
            'zero_shot_accuracy', 'recall_at_k', 'retrieval_recall', 'caption_gallery', 'linear_probe',
-           'accepts_missing_modality', 'modality_predictions', 'modality_accuracy', 'bleu_score', 'ssim_score',
-           'plot_tsne', 'plot_confusion', 'plot_retrieval_grid', 'plot_captions', 'plot_reconstructions',
-           'read_history', 'evaluate_clip', 'task_availability', 'write_report', 'evaluate']
+           'accepts_missing_modality', 'task_scores', 'modality_predictions', 'modality_scores', 'bleu_score',
+           'ssim_score', 'plot_tsne', 'plot_confusion', 'plot_predicted_vs_true', 'plot_retrieval_grid',
+           'plot_captions', 'plot_reconstructions', 'read_history', 'evaluate_clip', 'task_availability',
+           'write_report', 'evaluate']
 
 # %% ../nbs/10_evaluation.ipynb #2c871a45
 import inspect
@@ -21,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import import_optional
-from .data import CaptionTokenizer, ImageTextData, ImageTextDataset, image_transform, make_loader
+from .data import TARGET_KEYS, CaptionTokenizer, ImageTextData, ImageTextDataset, image_transform, make_loader
 from .training import plot_history
 
 # %% ../nbs/10_evaluation.ipynb #59c8900b
@@ -124,32 +125,56 @@ def accepts_missing_modality(model: nn.Module) -> bool:
     params = inspect.signature(model.forward).parameters
     return all(k in params and params[k].default is None for k in ('image', 'input_ids'))
 
-def _class_logits(out) -> torch.Tensor:
+def _task_predictions(out) -> dict:
+    "{task: prediction} of a model output: its `predictions`, else its `logits` as a classifier's."
+    preds = getattr(out, 'predictions', None)
+    if preds: return preds
     logits = out.logits if hasattr(out, 'logits') else out['logits']
     if isinstance(logits, dict): logits = logits['label'] if 'label' in logits else next(iter(logits.values()))
-    return logits
+    return {'classification': logits}
+
+def task_scores(task: str, prediction: torch.Tensor, target: torch.Tensor) -> dict:
+    "Scores of one task's predictions against its targets: classification `acc`; regression `r2` and `mae`; multilabel micro `f1`."
+    if task == 'classification': return {'acc': prediction.argmax(-1).eq(target).sum().item() / len(target)}
+    if task == 'regression':
+        p, t = prediction.float().reshape(len(target), -1), target.float().reshape(len(target), -1)
+        total = ((t - t.mean(0)) ** 2).sum().clamp(min=1e-12)
+        return {'r2': (1 - ((p - t) ** 2).sum() / total).item(), 'mae': (p - t).abs().mean().item()}
+    if task == 'multilabel':
+        p, t = prediction > 0, target.bool()
+        both = p.sum().item() + t.sum().item()
+        return {'f1': 2 * (p & t).sum().item() / both if both else 1.0}  # no tag predicted and none true: perfect
+    raise ValueError(f'task={task!r}: expected classification, regression or multilabel')
 
 MODALITIES = {'both': ('image', 'input_ids'), 'image_only': ('image',), 'text_only': ('input_ids',)}
 
 @torch.no_grad()
-def modality_predictions(model: nn.Module, loader, device='cpu') -> tuple[dict, torch.Tensor]:
-    "Class predictions with both modalities, image only and text only (`MODALITIES`), and the labels."
+def modality_predictions(model: nn.Module, loader, device='cpu') -> tuple[dict, dict]:
+    "Each task's predictions with both modalities, image only and text only (`MODALITIES`) as {mode: {task: tensor}}, and {task: targets} for the tasks whose target the batches carry."
     model.eval()
-    preds, labels = {m: [] for m in MODALITIES}, []
+    preds, targets = {m: {} for m in MODALITIES}, {}
     for batch in loader:
-        if 'label' not in batch: raise ValueError('accuracy with a modality missing needs labelled data (a label per example)')
         for mode, keep in MODALITIES.items():
             out = model(image=batch['image'].to(device) if 'image' in keep else None,
                         input_ids=batch['input_ids'].to(device) if 'input_ids' in keep else None,
                         attention_mask=batch['attention_mask'].to(device) if 'input_ids' in keep else None)
-            preds[mode].append(_class_logits(out).argmax(-1).cpu())
-        labels.append(batch['label'])
-    return {m: torch.cat(p) for m, p in preds.items()}, torch.cat(labels)
+            for task, p in _task_predictions(out).items(): preds[mode].setdefault(task, []).append(p.float().cpu())
+        for task in preds['both']:
+            if TARGET_KEYS[task] in batch: targets.setdefault(task, []).append(batch[TARGET_KEYS[task]])
+    if not targets: raise ValueError(f'scores with a modality missing need targets of the tasks {list(preds["both"])} '
+                                     f'({", ".join(TARGET_KEYS[t] for t in preds["both"])} per example); the batches have none')
+    return {m: {t: torch.cat(p) for t, p in ps.items()} for m, ps in preds.items()}, {t: torch.cat(v) for t, v in targets.items()}
 
-def modality_accuracy(model: nn.Module, loader, device='cpu') -> dict:
-    "`acc_both`, `acc_image_only`, `acc_text_only`: accuracy with both modalities and with each one missing."
-    preds, labels = modality_predictions(model, loader, device)
-    return {f'acc_{m}': p.eq(labels).sum().item() / len(labels) for m, p in preds.items()}
+def modality_scores(model: nn.Module, loader, device='cpu') -> dict:
+    "`task_scores` of every task with a target, with both modalities and with each one missing: `acc_both`, `acc_image_only`, `r2_text_only`, ..."
+    return _modality_scores(*modality_predictions(model, loader, device))
+
+def _modality_scores(preds: dict, targets: dict) -> dict:
+    scores = {}
+    for task, target in targets.items():
+        per_mode = {m: task_scores(task, preds[m][task], target) for m in MODALITIES}
+        for name in per_mode['both']: scores.update({f'{name}_{m}': per_mode[m][name] for m in MODALITIES})
+    return scores
 
 # %% ../nbs/10_evaluation.ipynb #ff0026cb
 def bleu_score(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
@@ -217,6 +242,18 @@ def plot_confusion(labels: torch.Tensor, preds: torch.Tensor, classnames: Option
     names = [str(c) for c in classnames] if classnames is not None else [str(i) for i in range(n)]
     ax.set_xticks(range(n), names, rotation=90, fontsize=7); ax.set_yticks(range(n), names, fontsize=7)
     ax.set_xlabel('predicted'); ax.set_ylabel('true'); ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+def plot_predicted_vs_true(targets: torch.Tensor, predictions: torch.Tensor, title: str = ''):
+    "Regression: each example's predicted value against its true one (the first output where there are several), with the diagonal."
+    plt = _plt()
+    t, p = targets.float().reshape(len(targets), -1)[:, 0].numpy(), predictions.float().reshape(len(targets), -1)[:, 0].numpy()
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(t, p, s=8, alpha=0.5)
+    lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+    ax.plot([lo, hi], [lo, hi], 'k--', lw=1)
+    ax.set_xlabel('true value'); ax.set_ylabel('predicted value'); ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -303,10 +340,12 @@ def task_availability(model: nn.Module, data: ImageTextData, tokenizer=None, his
     "For each of `TASKS`: `None` if it applies to `model` and `data`, else why not."
     dual = hasattr(model, 'encode_image') and hasattr(model, 'encode_text')
     unlabelled = None if data.labelled else f'dataset {data.name!r} has no class labels'
+    columns = set(next(iter(data.splits.values())).column_names)
+    untargeted = None if data.labelled or {'value', 'tags'} & columns else f'dataset {data.name!r} has no targets (label, value or tags)'
     return {'retrieval': None if dual else 'the model has no encode_image/encode_text',
             'zero_shot': ('the model has no encode_image/encode_text' if not dual else unlabelled),
             'linear_probe': ('the model has no encode_image' if not hasattr(model, 'encode_image') else unlabelled),
-            'missing_modality': ('the model does not take image=None / input_ids=None' if not accepts_missing_modality(model) else unlabelled),
+            'missing_modality': ('the model does not take image=None / input_ids=None' if not accepts_missing_modality(model) else untargeted),
             'bleu': ('the model has no generate()' if not hasattr(model, 'generate') else
                      None if hasattr(tokenizer, 'decode') else 'the tokenizer has no decode() to turn generated ids into text'),
             'ssim': None if hasattr(model, 'reconstruct') else 'the model has no reconstruct()',
@@ -390,9 +429,13 @@ def evaluate(model: nn.Module, data: ImageTextData, tasks: Optional[Sequence[str
         train_embeds, train_labels = embed_images(model, _loader(model, train_rows, tokenizer, batch_size, image_size), device)
         metrics['linear_probe_acc'], _ = linear_probe(train_embeds, train_labels, image_embeds, labels)
     if 'missing_modality' in tasks:
-        preds, labels = modality_predictions(model, loader, device)
-        metrics.update({f'acc_{m}': p.eq(labels).sum().item() / len(labels) for m, p in preds.items()})
-        figures['confusion_fusion.png'] = plot_confusion(labels, preds['both'], data.classnames, 'fusion model, both modalities')
+        preds, targets = modality_predictions(model, loader, device)
+        metrics.update(_modality_scores(preds, targets))
+        if 'classification' in targets:
+            figures['confusion_fusion.png'] = plot_confusion(targets['classification'], preds['both']['classification'].argmax(-1),
+                                                             data.classnames, 'fusion model, both modalities')
+        if 'regression' in targets:
+            figures['regression.png'] = plot_predicted_vs_true(targets['regression'], preds['both']['regression'], 'fusion model, both modalities')
     if 'bleu' in tasks:
         caption_rows = rows.select(range(min(len(rows), max_generate)))
         hyps, _, shown = _generate_captions(model, _loader(model, caption_rows, tokenizer, batch_size, image_size), tokenizer, device,

@@ -37,17 +37,21 @@ class Fusion(nn.Module):
         self.image_dim, self.text_dim, self.dim = image_dim, text_dim, dim
         self.image_proj, self.text_proj = nn.Linear(image_dim, dim), nn.Linear(text_dim, dim)
 
-    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None,
-                image_mask: Optional[torch.Tensor] = None, text_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        "`image`: (B, Ni, image_dim) or (B, image_dim) or None; `text`: (B, Nt, text_dim), (B, text_dim) or None; masks (B, N), true = real."
+    def prepare(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None,
+                image_mask: Optional[torch.Tensor] = None, text_mask: Optional[torch.Tensor] = None) -> tuple:
+        "Both modalities projected to `dim`: image tokens, token mask and (B,) presence, then the same for the text."
         if image is None and text is None: raise ValueError('fusion needs at least one modality; both image and text are None')
         ref = image if image is not None else text
         B, device, dtype = ref.shape[0], ref.device, ref.dtype
         xi, mi, pi = prepare_modality(image, image_mask, B, self.image_dim, device, dtype)
         xt, mt, pt = prepare_modality(text, text_mask, B, self.text_dim, device, dtype)
         # projections have biases: zero them again where the modality is masked so nothing of it leaks through
-        xi, xt = self.image_proj(xi) * mi[..., None], self.text_proj(xt) * mt[..., None]
-        return self.fuse(xi, mi, pi, xt, mt, pt)
+        return self.image_proj(xi) * mi[..., None], mi, pi, self.text_proj(xt) * mt[..., None], mt, pt
+
+    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None,
+                image_mask: Optional[torch.Tensor] = None, text_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        "`image`: (B, Ni, image_dim) or (B, image_dim) or None; `text`: (B, Nt, text_dim), (B, text_dim) or None; masks (B, N), true = real."
+        return self.fuse(*self.prepare(image, text, image_mask, text_mask))
 
     def fuse(self, xi, mi, pi, xt, mt, pt) -> torch.Tensor: raise NotImplementedError
 
@@ -60,14 +64,24 @@ class ConcatFusion(Fusion):
         return self.mlp(torch.cat([masked_mean(xi, mi), masked_mean(xt, mt), pi[:, None].to(xi.dtype), pt[:, None].to(xi.dtype)], -1))
 
 class LateFusion(Fusion):
-    "A separate MLP per modality; their outputs averaged over the modalities present."
+    "A separate branch (an MLP) per modality; `forward` averages the branches over the modalities present, `branches` keeps them apart."
     def __init__(self, image_dim: int, text_dim: int, dim: int, dropout: float = 0.0, **_):
         super().__init__(image_dim, text_dim, dim)
         self.image_head, self.text_head = Mlp(dim, dim, dropout), Mlp(dim, dim, dropout)
+
+    def branches(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None,
+                 image_mask: Optional[torch.Tensor] = None, text_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        "(B, 2, dim) outputs of the image and the text branch, and (B, 2) weights that average over the modalities present (0 for a missing one)."
+        return self._branches(*self.prepare(image, text, image_mask, text_mask))
+
+    def _branches(self, xi, mi, pi, xt, mt, pt):
+        h = torch.stack([self.image_head(masked_mean(xi, mi)), self.text_head(masked_mean(xt, mt))], 1)
+        present = torch.stack([pi, pt], 1).to(h.dtype)
+        return h, present / present.sum(1, keepdim=True).clamp(min=1)
+
     def fuse(self, xi, mi, pi, xt, mt, pt):
-        hi, ht = self.image_head(masked_mean(xi, mi)), self.text_head(masked_mean(xt, mt))
-        wi, wt = pi[:, None].to(hi.dtype), pt[:, None].to(hi.dtype)
-        return (hi * wi + ht * wt) / (wi + wt).clamp(min=1)
+        h, weights = self._branches(xi, mi, pi, xt, mt, pt)
+        return (h * weights[..., None]).sum(1)
 
 class CrossAttentionFusion(Fusion):
     "Early fusion: text tokens attend to image tokens (+ FFN), mean-pooled over text; image only: its pooled tokens."

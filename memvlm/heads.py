@@ -31,10 +31,15 @@ class ClassificationHead(Head):
     def loss(self, logits, target): return F.cross_entropy(logits, target.long(), label_smoothing=self.label_smoothing)
 
 class RegressionHead(Head):
-    "`num_outputs` real numbers; mean squared error."
-    def __init__(self, dim: int, num_outputs: int = 1, hidden_dim: int = 0, dropout: float = 0.0):
+    "`num_outputs` real numbers in the targets' units; mean squared error of the standardised values (targets of typical `mean` and spread `std`)."
+    def __init__(self, dim: int, num_outputs: int = 1, hidden_dim: int = 0, dropout: float = 0.0, mean: float = 0.0, std: float = 1.0):
+        if not std > 0: raise ValueError(f'std={std}: the spread of the regression targets must be positive')
         super().__init__(dim, num_outputs, hidden_dim, dropout)
-    def loss(self, prediction, target): return F.mse_loss(prediction, target.to(prediction.dtype).reshape(prediction.shape))
+        self.mean, self.std = mean, std
+    # the network predicts standardised values: its loss stays near 1 whatever the targets' scale, so it weighs like the other tasks'
+    def forward(self, x): return self.net(x) * self.std + self.mean
+    def loss(self, prediction, target):
+        return F.mse_loss(prediction, target.to(prediction.dtype).reshape(prediction.shape)) / self.std ** 2
 
 class MultiLabelHead(Head):
     "One independent yes/no logit per label; binary cross-entropy over a (B, num_labels) 0/1 target."

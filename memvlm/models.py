@@ -6,13 +6,13 @@
 __all__ = ['ARCHITECTURES', 'MODEL_CONFIGS', 'TASK_HEADS', 'MemoryCLIPConfig', 'CLIPOutput', 'MemoryCLIP',
            'register_architecture', 'architecture_of', 'register_model', 'count_parameters', 'list_models',
            'model_config', 'create_model', 'Checkpoint', 'save_checkpoint', 'load_checkpoint', 'FusionModelConfig',
-           'FusionOutput', 'build_vision', 'build_text', 'FusionModel']
+           'FusionOutput', 'parse_task_weights', 'build_vision', 'build_text', 'FusionModel']
 
 # %% ../nbs/07_models.ipynb #db59b47d
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -266,8 +266,9 @@ def load_checkpoint(folder, device: Union[str, torch.device] = 'cpu') -> Checkpo
 
 # %% ../nbs/07_models.ipynb #059510be
 from .encoders import CNNEncoder, LSTMEncoder, OpenCLIPTextEncoder, OpenCLIPVisionEncoder, TimmEncoder, set_grad_checkpointing
-from .fusion import create_fusion
-from .heads import ClassificationHead, MultiLabelHead, RegressionHead
+from .data import TARGET_KEYS, task_parts
+from .fusion import LateFusion, create_fusion
+from .heads import ClassificationHead, ContrastiveProjection, MultiLabelHead, MultiTaskHead, RegressionHead
 
 @dataclass
 class FusionModelConfig:
@@ -297,9 +298,14 @@ class FusionModelConfig:
     fusion: str = 'concat'  # see `memvlm.fusion.FUSIONS`
     embed_dim: int = 64  # width of the fused vector
     fusion_heads: int = 4
-    task: str = 'classification'  # 'classification', 'multilabel' or 'regression'
-    num_classes: int = 10  # classes, labels, or regression outputs
-    head_hidden: int = 0  # hidden layer of the head; 0: linear
+    task: str = 'classification'  # 'classification', 'regression', 'multilabel', or several joined by '+'; '+contrastive' adds image-text alignment
+    num_classes: int = 10  # classification: classes
+    num_values: int = 1  # regression: numbers predicted per example
+    value_mean: float = 0.0  # regression: typical target and spread, to learn standardised values (`memvlm train` sets them from the train split)
+    value_std: float = 1.0
+    num_tags: int = 0  # multilabel: tags
+    task_weights: str = ''  # loss weight per task, e.g. 'classification:1,contrastive:0.5'; unnamed tasks weigh 1
+    head_hidden: int = 0  # hidden layer of each task head; 0: linear
     dropout: float = 0.1
     modality_dropout: float = 0.0  # training: chance that an example loses its image, and (independently) its text; never both
     label_smoothing: float = 0.0
@@ -307,12 +313,25 @@ class FusionModelConfig:
 @dataclass
 class FusionOutput:
     "What `FusionModel` returns."
-    logits: torch.Tensor  # (B, num_classes) predictions of the head
+    logits: torch.Tensor  # (B, out) predictions of the first task (class logits for classification)
     fused: torch.Tensor  # (B, embed_dim) the fused vector
-    loss_terms: dict  # {task: scalar loss} when the batch has a label, else {}
+    loss_terms: dict  # {task: weighted scalar loss} for each task whose target the batch has
+    predictions: dict = field(default_factory=dict)  # {task: (B, out)} of every predicting task
+    image_embeds: Optional[torch.Tensor] = None  # (B, embed_dim) unit vectors of the contrastive task
+    text_embeds: Optional[torch.Tensor] = None
 
 # %% ../nbs/07_models.ipynb #5aca0af0
 TASK_HEADS = {'classification': ClassificationHead, 'multilabel': MultiLabelHead, 'regression': RegressionHead}
+
+def parse_task_weights(spec: str, tasks: list) -> dict:
+    "Loss weight of each of `tasks` from `spec` ('task:weight,...'); tasks it does not name weigh 1."
+    weights = {t: 1.0 for t in tasks}
+    for item in filter(None, (s.strip() for s in spec.split(','))):
+        name, _, w = item.partition(':')
+        if name not in weights: raise ValueError(f'task_weights names {name!r}, which is not a task of this model ({"+".join(tasks)})')
+        try: weights[name] = float(w)
+        except ValueError: raise ValueError(f'task_weights: {item!r} is not task:weight with a number') from None
+    return weights
 
 def _block_options(c: FusionModelConfig, max_len: int) -> dict:
     return dict(attention=c.attention, position=c.position, ffn=c.ffn, norm=c.norm, window=c.window, global_tokens=c.global_tokens,
@@ -342,17 +361,32 @@ def build_text(c: FusionModelConfig) -> nn.Module:
     raise ValueError(f"text={c.text!r}: expected 'text-transformer', 'lstm' or 'open_clip:<model>'")
 
 class FusionModel(nn.Module):
-    "Vision encoder + text encoder + fusion + head; either modality may be missing."
+    "Vision encoder + text encoder + fusion + one head per task (a `MultiTaskHead`), optionally a contrastive term; either modality may be missing."
     def __init__(self, config: FusionModelConfig = FusionModelConfig()):
         super().__init__()
         self.config = c = config
-        if c.task not in TASK_HEADS: raise ValueError(f'task={c.task!r}: expected one of {", ".join(TASK_HEADS)}')
+        self.tasks = task_parts(c.task)
+        predicting = [t for t in self.tasks if t != 'contrastive']
+        if not predicting or not set(predicting) <= set(TASK_HEADS):
+            raise ValueError(f'task={c.task!r}: expected {", ".join(TASK_HEADS)}, or several of them joined by + '
+                             '(plus contrastive, which aligns image and text beside a predicting task)')
         if not 0 <= c.modality_dropout < 1: raise ValueError(f'modality_dropout={c.modality_dropout}: expected a probability in [0, 1)')
+        weights = parse_task_weights(c.task_weights, self.tasks)
         self.visual, self.text = build_vision(c), build_text(c)
         self.fusion = create_fusion(c.fusion, self.visual.width, self.text.width, c.embed_dim, c.fusion_heads, c.dropout)
-        head_kwargs = {'label_smoothing': c.label_smoothing} if c.task == 'classification' else {}
-        self.head = TASK_HEADS[c.task](c.embed_dim, c.num_classes, c.head_hidden, c.dropout, **head_kwargs)
-        for part in (self.fusion, self.head): part.apply(init_linear)
+        self.heads = MultiTaskHead({t: self._task_head(t) for t in predicting}, {t: weights[t] for t in predicting})
+        for part in (self.fusion, self.heads): part.apply(init_linear)
+        self.contrastive_weight = weights.get('contrastive', 0.0)
+        if 'contrastive' in self.tasks:  # projections of each encoder's pooled output, trained to match image and caption
+            self.image_projection = ContrastiveProjection(self.visual.width, c.embed_dim)
+            self.text_projection = ContrastiveProjection(self.text.width, c.embed_dim)
+
+    def _task_head(self, task: str) -> nn.Module:
+        c = self.config
+        if task == 'classification': return ClassificationHead(c.embed_dim, c.num_classes, c.head_hidden, c.dropout, c.label_smoothing)
+        if task == 'regression': return RegressionHead(c.embed_dim, c.num_values, c.head_hidden, c.dropout, c.value_mean, c.value_std)
+        if c.num_tags < 1: raise ValueError(f'task multilabel needs num_tags >= 1 (how many tags to predict); got num_tags={c.num_tags}')
+        return MultiLabelHead(c.embed_dim, c.num_tags, c.head_hidden, c.dropout)
 
     def _presence(self, B: int, given: bool, flags, device) -> torch.Tensor:
         present = torch.full((B,), given, dtype=torch.bool, device=device)
@@ -360,8 +394,9 @@ class FusionModel(nn.Module):
 
     def forward(self, image: Optional[torch.Tensor] = None, input_ids: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None, label: Optional[torch.Tensor] = None,
+                value: Optional[torch.Tensor] = None, tags: Optional[torch.Tensor] = None,
                 has_image: Optional[torch.Tensor] = None, has_text: Optional[torch.Tensor] = None) -> FusionOutput:
-        "Batch entries as keyword arguments; `image` or `input_ids` may be None; `has_image`/`has_text`: (B,) per-example presence."
+        "Batch entries as keyword arguments; `image` or `input_ids` may be None; targets: `label` (classification), `value` (regression), `tags` (multilabel, 0/1); `has_image`/`has_text`: (B,) per-example presence."
         if image is None and input_ids is None: raise ValueError('FusionModel needs an image or input_ids (or both); got neither')
         ref = image if image is not None else input_ids
         B, device = ref.shape[0], ref.device
@@ -376,19 +411,31 @@ class FusionModel(nn.Module):
             coin = torch.rand(B, device=device) < 0.5  # when both would go, one stays
             drop_i, drop_t = drop_i & ~(both & coin), drop_t & ~(both & ~coin)
             img_on, txt_on = img_on & ~drop_i, txt_on & ~drop_t
-        img_tokens = img_mask = txt_tokens = txt_mask = None
+        img = txt = img_tokens = img_mask = txt_tokens = txt_mask = None
         if image is not None:
-            img_tokens = self.visual(image).tokens
+            img = self.visual(image); img_tokens = img.tokens
             img_mask = img_on[:, None].expand(B, img_tokens.shape[1])
         if input_ids is not None:
             # rows without any real token would make attention a softmax over nothing: the encoder sees them unmasked, fusion ignores them
             enc_mask = torch.where(attention_mask.bool().any(1, keepdim=True), attention_mask, torch.ones_like(attention_mask))
-            txt_tokens = self.text(input_ids, enc_mask).tokens
+            txt = self.text(input_ids, enc_mask); txt_tokens = txt.tokens
             txt_mask = enc_mask.bool() & txt_on[:, None]
-        fused = self.fusion(img_tokens, txt_tokens, img_mask, txt_mask)
-        logits = self.head(fused)
-        loss_terms = {self.config.task: self.head.loss(logits, label.to(device))} if label is not None else {}
-        return FusionOutput(logits, fused, loss_terms)
+        if isinstance(self.fusion, LateFusion):  # late fusion: each task head predicts from each modality, predictions averaged
+            branches, weights = self.fusion.branches(img_tokens, txt_tokens, img_mask, txt_mask)
+            fused = (branches * weights[..., None]).sum(1)
+            predictions = {t: (p * weights[..., None]).sum(1) for t, p in self.heads(branches).items()}
+        else:
+            fused = self.fusion(img_tokens, txt_tokens, img_mask, txt_mask)
+            predictions = self.heads(fused)
+        given = {'classification': label, 'regression': value, 'multilabel': tags}
+        loss_terms = self.heads.loss(predictions, {t: v.to(device) for t, v in given.items() if v is not None and t in predictions})
+        out = FusionOutput(next(iter(predictions.values())), fused, loss_terms, predictions)
+        if self.contrastive_weight and img is not None and txt is not None:
+            out.image_embeds, out.text_embeds = self.image_projection(img.pooled), self.text_projection(txt.pooled)
+            both = img_on & txt_on
+            if both.sum() > 1:  # pairs with both modalities; each other pair in the batch is a negative
+                out.loss_terms['contrastive'] = self.contrastive_weight * self.image_projection.loss(out.image_embeds[both], out.text_embeds[both])
+        return out
 
     def set_grad_checkpointing(self, enable: bool = True):
         "Recompute encoder activations in the backward pass (towers without a transformer are left alone)."

@@ -74,7 +74,7 @@ def test_shipped_sample_and_kaggle_input(sources):
 
 
 def test_wrong_column_lists_the_columns(sources):
-    with pytest.raises(KeyError, match=r"no caption column 'title'; the columns are \['filepath', 'caption', 'label'\]"):
+    with pytest.raises(KeyError, match=r"no caption column 'title'; the columns are \['filepath', 'caption', 'label', 'value', 'tags'\]"):
         get_dataset(str(sources / 'csv' / 'captions.csv'), columns=Columns(caption='title'))
     with pytest.raises(KeyError, match=r"the columns are \['image', 'text', 'label'\]"):
         get_dataset(str(sources / 'saved'), columns=Columns(label='class'))
