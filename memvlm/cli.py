@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     'what it predicts from the image and one optional --text (classes, value, tags).')
     pr.add_argument('--checkpoint', required=True, metavar='PATH', help='checkpoint folder')
     pr.add_argument('--image', required=True, metavar='IMG', help='image file')
-    pr.add_argument('--text', action='extend', nargs='+', metavar='TEXT', help='texts to compare with (repeatable); without: zero-shot labels')
+    pr.add_argument('--text', action='extend', nargs='+', metavar='TEXT', help='texts to compare with (repeatable); without: zero-shot labels. A fusion model reads one, as its caption or question')
     pr.add_argument('--dataset', metavar='NAME_OR_CSV', help="whose classes to predict (default: the run's dataset)")
     pr.add_argument('--top', type=int, default=3, help='labels to show (default: 3)')
     pr.add_argument('--device', default='auto', help='device (default: auto)')

@@ -266,7 +266,7 @@ def load_checkpoint(folder, device: Union[str, torch.device] = 'cpu') -> Checkpo
 
 # %% ../nbs/07_models.ipynb #059510be
 from .encoders import CNNEncoder, LSTMEncoder, OpenCLIPTextEncoder, OpenCLIPVisionEncoder, TimmEncoder, set_grad_checkpointing
-from .data import TARGET_KEYS, task_parts
+from .data import task_parts
 from .fusion import LateFusion, create_fusion
 from .heads import ClassificationHead, ContrastiveProjection, MultiLabelHead, MultiTaskHead, RegressionHead
 
