@@ -151,7 +151,7 @@ def run_training(run: Run, progress: bool = True) -> dict:
         first = next(t for t in task_parts(run.model.config.task) if t in MONITORED)
         evaluate, monitor = (lambda model: scores(model, val_loader, 'val_')), f'val_{MONITORED[first]}_both'
     else:
-        evaluate = lambda model: evaluate_clip(model, data, 'validation', tok, run.device, prefix='val_')
+        evaluate = lambda model: evaluate_clip(model, data, 'validation', tok, run.device, prefix='val_', resize=cfg.data.resize)
         monitor = 'val_zero_shot_acc' if data.labelled else 'val_i2t_r1'
     save_config(cfg, out / 'config.yaml')
     start = time.time()
@@ -160,7 +160,8 @@ def run_training(run: Run, progress: bool = True) -> dict:
     history = trainer.fit()
     train_seconds = time.time() - start
     best = load_checkpoint(out / 'best', run.device)
-    test = scores(best.model, test_loader, 'test_') if fusion else evaluate_clip(best.model, data, 'test', tok, run.device, prefix='test_')
+    test = scores(best.model, test_loader, 'test_') if fusion else \
+        evaluate_clip(best.model, data, 'test', tok, run.device, prefix='test_', resize=cfg.data.resize)
     if trainer.is_main: plot_history(history, out / 'curves.png')  # under torchrun, one process writes the report
     metrics = {**test, 'best_epoch': best.metadata['epoch'], 'train_seconds': train_seconds,
                'dataset': data.name, 'model': cfg.model.model, 'parameters': sum(p.numel() for p in run.model.parameters()),
@@ -189,6 +190,11 @@ def _load_data(dataset: Optional[str], checkpoint) -> ImageTextData:
     name = dataset or (cfg.data.dataset if cfg else 'digits-captions')
     return load_image_text_data(name, (cfg.data.data_dir if cfg else None) or default_data_dir())
 
+def _resize_of(checkpoint) -> str:
+    "How the checkpoint's run made images square (its `config.yaml`), so that evaluation sees images as training did; default `squash`."
+    cfg = _run_config_beside(checkpoint)
+    return cfg.data.resize if cfg else 'squash'
+
 def _load(checkpoint, device):
     ck = load_checkpoint(checkpoint, device)
     if ck.tokenizer is None: raise ValueError(f'{checkpoint} has no tokenizer saved with it; memvlm needs the one the model was trained with')
@@ -204,15 +210,16 @@ def evaluate_checkpoint(checkpoint, dataset: Optional[str] = None, output_dir=No
     _check_writable(out)
     history = Path(checkpoint).parent / 'history.csv'
     metrics = evaluate(ck.model, data, tasks, split, ck.tokenizer, out, device, batch_size,
-                       history=history if history.is_file() and (tasks is None or 'curves' in tasks) else None)
+                       history=history if history.is_file() and (tasks is None or 'curves' in tasks) else None,
+                       resize=_resize_of(checkpoint))
     return metrics, out
 
-def _read_image(path, size: int) -> torch.Tensor:
+def _read_image(path, size: int, resize: str = 'squash') -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
     if not Path(path).is_file(): raise FileNotFoundError(f'no image file at {str(path)!r}')
     try: img = Image.open(path); img.load()
     except (UnidentifiedImageError, OSError) as e: raise ValueError(f'{path} is not an image memvlm can read: {e}') from None
-    return image_transform(size)(img)[None]
+    return image_transform(size, resize=resize)(img)[None]
 
 def _names(names: Optional[list], n: int, what: str, data: ImageTextData) -> list:
     if names is None or len(names) != n:
@@ -246,7 +253,7 @@ def predict(checkpoint, image, texts: Optional[list] = None, dataset: Optional[s
     device = resolve_device(device)
     ck = _load(checkpoint, device)
     model, tok = ck.model, ck.tokenizer
-    x = _read_image(image, model.config.image_size).to(device)
+    x = _read_image(image, model.config.image_size, _resize_of(checkpoint)).to(device)
     if isinstance(model, FusionModel): return _fusion_prediction(model, tok, x, texts, checkpoint, dataset, device, top)
     if not hasattr(model, 'encode_image'):  # a generative model (MultimodalVAE): its caption is the prediction
         if texts: raise ValueError(f'{type(model).__name__} does not embed texts to compare with; it captions the image: leave out --text')
@@ -274,7 +281,8 @@ def memorize_checkpoint(checkpoint, dataset: str, output, device: str = 'auto', 
     if not hasattr(ck.model, 'memorize'): raise ValueError(f'{type(ck.model).__name__} has no memorize(): only models with an episodic memory can memorize')
     data = load_image_text_data(dataset, default_data_dir())
     rows = datasets.concatenate_datasets(list(data.splits.values()))
-    loader = make_loader(ImageTextDataset(rows, ck.tokenizer, image_transform(ck.model.config.image_size), caption='first'), len(rows))
+    transform = image_transform(ck.model.config.image_size, resize=_resize_of(checkpoint))
+    loader = make_loader(ImageTextDataset(rows, ck.tokenizer, transform, caption='first'), len(rows))
     batch = next(iter(loader))
     capacity = ck.model.memorize(batch['image'], {'input_ids': batch['input_ids'], 'attention_mask': batch['attention_mask']})
     save_checkpoint(ck.model, output, ck.tokenizer, {**ck.metadata, 'memorized': {'dataset': data.name, 'items': len(rows)}})

@@ -311,8 +311,8 @@ def _image_size(model: nn.Module) -> int:
     if size is None: raise ValueError(f'{type(model).__name__} has no config.image_size: pass image_size= to say what size its images are')
     return size
 
-def _loader(model, rows, tokenizer, batch_size, image_size=None):
-    ds = ImageTextDataset(rows, tokenizer, image_transform(image_size or _image_size(model)), caption='first')
+def _loader(model, rows, tokenizer, batch_size, image_size=None, resize='squash'):
+    ds = ImageTextDataset(rows, tokenizer, image_transform(image_size or _image_size(model), resize=resize), caption='first')
     return make_loader(ds, batch_size)
 
 def _zero_shot(model, image_embeds, labels, tokenizer, class_prompts, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,10 +321,10 @@ def _zero_shot(model, image_embeds, labels, tokenizer, class_prompts, device) ->
     return (image_embeds @ classifier.T).argmax(1), classifier
 
 def evaluate_clip(model: nn.Module, data: ImageTextData, split: str, tokenizer: CaptionTokenizer, device='cpu',
-                  batch_size: int = 256, prefix: str = '') -> dict:
-    "Zero-shot accuracy (labelled data) and retrieval recall of `model` on `data[split]`; keys start with `prefix`."
+                  batch_size: int = 256, prefix: str = '', resize: str = 'squash') -> dict:
+    "Zero-shot accuracy (labelled data) and retrieval recall of `model` on `data[split]`, images made square by `resize` as in training; keys start with `prefix`."
     rows = data[split]
-    image_embeds, labels = embed_images(model, _loader(model, rows, tokenizer, batch_size), device)
+    image_embeds, labels = embed_images(model, _loader(model, rows, tokenizer, batch_size, resize=resize), device)
     metrics = {}
     if data.labelled and labels is not None:
         preds, _ = _zero_shot(model, image_embeds, labels, tokenizer, data.class_prompts, device)
@@ -394,15 +394,15 @@ def evaluate(model: nn.Module, data: ImageTextData, tasks: Optional[Sequence[str
              tokenizer: Optional[CaptionTokenizer] = None, report_dir='report', device='cpu', batch_size: int = 256,
              history: Union[None, list, str, Path] = None, templates: Optional[Sequence[str]] = None, train_split: str = 'train',
              n_show: int = 6, max_probe_train: int = 5000, max_generate: int = 512, max_new_tokens: int = 16,
-             image_size: Optional[int] = None) -> dict:
-    "Every applicable score of `model` (already on `device`) on `data[split]`; writes the report to `report_dir` (None: no files)."
+             image_size: Optional[int] = None, resize: str = 'squash') -> dict:
+    "Every applicable score of `model` (already on `device`) on `data[split]`, images made square by `resize` as in training; writes the report to `report_dir` (None: no files)."
     if tokenizer is None: raise ValueError('evaluate needs the tokenizer the model was trained with, e.g. load_checkpoint(path).tokenizer')
     if split not in data.splits: raise ValueError(f'no split {split!r} in {data.name}; it has {", ".join(data.splits)}')
     if isinstance(history, (str, Path)): history = read_history(history)
     tasks = _resolve_tasks(tasks, task_availability(model, data, tokenizer, history))
     model.eval()
     rows = data[split]
-    loader = _loader(model, rows, tokenizer, batch_size, image_size)
+    loader = _loader(model, rows, tokenizer, batch_size, image_size, resize)
     first = next(iter(loader))
     metrics, figures = {}, {}
     if {'retrieval', 'zero_shot', 'linear_probe'} & set(tasks):
@@ -426,7 +426,7 @@ def evaluate(model: nn.Module, data: ImageTextData, tasks: Optional[Sequence[str
     if 'linear_probe' in tasks:
         train_rows = data[train_split]
         if len(train_rows) > max_probe_train: train_rows = train_rows.shuffle(seed=0).select(range(max_probe_train))
-        train_embeds, train_labels = embed_images(model, _loader(model, train_rows, tokenizer, batch_size, image_size), device)
+        train_embeds, train_labels = embed_images(model, _loader(model, train_rows, tokenizer, batch_size, image_size, resize), device)
         metrics['linear_probe_acc'], _ = linear_probe(train_embeds, train_labels, image_embeds, labels)
     if 'missing_modality' in tasks:
         preds, targets = modality_predictions(model, loader, device)
@@ -438,7 +438,7 @@ def evaluate(model: nn.Module, data: ImageTextData, tasks: Optional[Sequence[str
             figures['regression.png'] = plot_predicted_vs_true(targets['regression'], preds['both']['regression'], 'fusion model, both modalities')
     if 'bleu' in tasks:
         caption_rows = rows.select(range(min(len(rows), max_generate)))
-        hyps, _, shown = _generate_captions(model, _loader(model, caption_rows, tokenizer, batch_size, image_size), tokenizer, device,
+        hyps, _, shown = _generate_captions(model, _loader(model, caption_rows, tokenizer, batch_size, image_size, resize), tokenizer, device,
                                             max_new_tokens, max_generate)
         metrics['bleu'] = bleu_score(hyps, caption_rows['captions'][:len(hyps)])
         figures['captions.png'] = plot_captions(shown[:n_show], hyps[:n_show], [c[0] for c in caption_rows['captions'][:n_show]])

@@ -104,3 +104,31 @@ def test_predict_prints_a_caption_from_a_vae_checkpoint(run_dir, tmp_path, capsy
     assert set(out[0][len('caption:'):].split()) <= words  # decoded from the tokenizer's compact vocabulary
     assert main(args + ['--text', 'the digit zero']) == 2
     assert 'it captions the image: leave out --text' in capsys.readouterr().err
+
+
+def test_eval_and_predict_make_images_square_as_the_run_did(tmp_path, monkeypatch):
+    "A run trained with `--resize pad` on wide images is evaluated and queried with padded images too, not squashed ones."
+    import os
+    from PIL import Image
+    from memvlm.cli import predict
+    from memvlm.data import image_transform
+    from memvlm.evaluation import embed_texts
+    for k in [k for k in os.environ if k.startswith('MEMVLM_')]: monkeypatch.delenv(k)
+    csv = write_digits_csv(tmp_path / 'wide', per_class=3)
+    for png in (tmp_path / 'wide' / 'images').glob('*.png'):
+        Image.open(png).resize((64, 20)).save(png)  # wide images: squash and pad differ
+    out = tmp_path / 'run'
+    assert main(['train', '--dataset', str(csv), '--resize', 'pad', '--epochs', '2', '--batch-size', '8', '--vision-depth', '1',
+                 '--text-depth', '1', '--device', 'cpu', '--quiet', '--output-dir', str(out)]) == 0
+    trained = json.loads((out / 'metrics.json').read_text())
+    assert main(['eval', '--checkpoint', str(out / 'best'), '--tasks', 'zero_shot,retrieval', '--output-dir', str(tmp_path / 'rep'),
+                 '--device', 'cpu']) == 0
+    evaluated = json.loads((tmp_path / 'rep' / 'metrics.json').read_text())['metrics']
+    assert evaluated == pytest.approx({k[5:]: v for k, v in trained.items() if k.startswith('test_')})  # the run's own test scores
+    ck = load_checkpoint(out / 'best')
+    image, text = next((tmp_path / 'wide' / 'images').glob('seven_*.png')), 'the digit seven'
+    similarity = predict(out / 'best', image, [text], device='cpu')['texts'][0]['similarity']
+    def expected(resize):
+        x = image_transform(ck.model.config.image_size, resize=resize)(Image.open(image))[None]
+        with torch.no_grad(): return (ck.model.encode_image(x) @ embed_texts(ck.model, ck.tokenizer, [text]).T).item()
+    assert similarity == pytest.approx(expected('pad'), abs=1e-5) and similarity != pytest.approx(expected('squash'), abs=1e-5)
