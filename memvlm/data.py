@@ -243,6 +243,14 @@ def _number(value, where: str) -> float:
         raise ValueError(f'{where}: {value!r} is not a number; the value column needs one finite number per row (value_key names another column)')
     return x
 
+def _values(column, rows: Sequence[int], where: Callable, name: str, named: bool) -> Optional[list[float]]:
+    "The numbers of `column` at `rows`. A column named by value_key must hold numbers; one found by its usual name that does not is left out, with a warning."
+    try: return [_number(column.iloc[i], f'{where(i)}, column {name!r}') for i in rows]
+    except ValueError as e:
+        if named: raise
+        _log.warning('%s; it is not used as a regression target', e)
+        return None
+
 def _tag_list(value) -> list[str]:
     "A tags cell as a list of tag names: a list, or names joined by `|`, `;` or `,`; empty or missing: no tags."
     if value is None or (isinstance(value, float) and np.isnan(value)): return []
@@ -412,7 +420,7 @@ def _from_frame(df, name: str, root: Path, columns: Columns, seed: int, cache_di
         if class_names is not None: labels, classnames = [int(df[lcol].iloc[i]) for i in first], list(class_names)
         else: labels, classnames = _labels_of([df[lcol].iloc[i] for i in first])
     extra = {'answer': [str(_caption_list(df[acol].iloc[i])[0]) if _caption_list(df[acol].iloc[i]) else '' for i in first]} if acol else None
-    values = [_number(df[vcol].iloc[i], f'{where(i)}, column {vcol!r}') for i in first] if vcol else None
+    values = _values(df[vcol], first, where, vcol, named=bool(columns.value)) if vcol else None
     tags = [_tag_list(df[tcol].iloc[i]) for i in first] if tcol else None
     return build_image_text_data(
         name, None if images is None else [images[i] for i in first], caps, labels, classnames,

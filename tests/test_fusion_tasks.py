@@ -89,7 +89,7 @@ def test_tasks_the_data_cannot_teach_fail_before_training(tmp_path, capsys):
     assert not (tmp_path / 'out' / 'best').exists()
 
 
-def test_value_and_tags_columns_are_read_and_checked(tmp_path):
+def test_value_and_tags_columns_are_read_and_checked(tmp_path, caplog):
     "A CSV's value and tags columns become the regression and multi-label targets; a value that is not a number is an error naming the row."
     from memvlm.data import load_table, Columns
     shutil.copytree(SAMPLE, tmp_path, dirs_exist_ok=True)
@@ -104,4 +104,8 @@ def test_value_and_tags_columns_are_read_and_checked(tmp_path):
     df.loc[5, 'value'] = 'n/a'
     df.to_csv(tmp_path / 'bad.csv', index=False)
     with pytest.raises(ValueError, match=r"bad.csv row 7, column 'value': 'n/a' is not a number"):
-        load_table(tmp_path / 'bad.csv')
+        load_table(tmp_path / 'bad.csv', Columns(value='value'))  # named as the regression target: it must hold numbers
+    with caplog.at_level('WARNING', logger='memvlm.data'):
+        found = load_table(tmp_path / 'bad.csv')  # only found by its name: the data still loads, without the column, and says why
+    assert 'value' not in found['train'].column_names and found.tagnames == data.tagnames
+    assert "bad.csv row 7, column 'value': 'n/a' is not a number" in caplog.text and 'not used as a regression target' in caplog.text
