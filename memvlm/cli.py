@@ -184,16 +184,14 @@ def _run_config_beside(checkpoint) -> Optional[RunConfig]:
     path = Path(checkpoint).parent / 'config.yaml'
     return load_config(path) if path.is_file() else None
 
-def _load_data(dataset: Optional[str], checkpoint) -> ImageTextData:
-    "`dataset`, or the one the checkpoint's run trained on, or digits-captions."
-    cfg = _run_config_beside(checkpoint)
-    name = dataset or (cfg.data.dataset if cfg else 'digits-captions')
-    return load_image_text_data(name, (cfg.data.data_dir if cfg else None) or default_data_dir())
+def _load_data(dataset: Optional[str], run: Optional[RunConfig]) -> ImageTextData:
+    "`dataset`, or the one the checkpoint's `run` trained on, or digits-captions."
+    name = dataset or (run.data.dataset if run else 'digits-captions')
+    return load_image_text_data(name, (run.data.data_dir if run else None) or default_data_dir())
 
-def _resize_of(checkpoint) -> str:
-    "How the checkpoint's run made images square (its `config.yaml`), so that evaluation sees images as training did; default `squash`."
-    cfg = _run_config_beside(checkpoint)
-    return cfg.data.resize if cfg else 'squash'
+def _resize_of(run: Optional[RunConfig]) -> str:
+    "How the checkpoint's `run` made images square, so that evaluation sees images as training did; default `squash`."
+    return run.data.resize if run else 'squash'
 
 def _load(checkpoint, device):
     ck = load_checkpoint(checkpoint, device)
@@ -205,13 +203,14 @@ def evaluate_checkpoint(checkpoint, dataset: Optional[str] = None, output_dir=No
     "Evaluate a checkpoint folder with `evaluate`; the report goes to `output_dir` (default: `report/` beside the checkpoint)."
     device = resolve_device(device)
     ck = _load(checkpoint, device)
-    data = _load_data(dataset, checkpoint)
+    run = _run_config_beside(checkpoint)
+    data = _load_data(dataset, run)
     out = Path(output_dir) if output_dir else Path(checkpoint).parent / 'report'
     _check_writable(out)
     history = Path(checkpoint).parent / 'history.csv'
     metrics = evaluate(ck.model, data, tasks, split, ck.tokenizer, out, device, batch_size,
                        history=history if history.is_file() and (tasks is None or 'curves' in tasks) else None,
-                       resize=_resize_of(checkpoint))
+                       resize=_resize_of(run))
     return metrics, out
 
 def _read_image(path, size: int, resize: str = 'squash') -> torch.Tensor:
@@ -227,7 +226,7 @@ def _names(names: Optional[list], n: int, what: str, data: ImageTextData) -> lis
                          'name the dataset it was trained on with --dataset')
     return names
 
-def _fusion_prediction(model, tok, x, texts, checkpoint, dataset, device, top) -> dict:
+def _fusion_prediction(model, tok, x, texts, run, dataset, device, top) -> dict:
     "What a fusion model predicts from one image and at most one text (its caption or question): top classes, values, tag probabilities."
     if texts and len(texts) > 1: raise ValueError(f'a fusion model reads one text beside the image (its caption or question); got {len(texts)}')
     text = {k: v.to(device) for k, v in tok(texts).items()} if texts else {}
@@ -235,7 +234,7 @@ def _fusion_prediction(model, tok, x, texts, checkpoint, dataset, device, top) -
     result = {}
     if 'regression' in preds: result['value'] = preds['regression'].tolist()
     if not {'classification', 'multilabel'} & set(preds): return result
-    data, run = _load_data(dataset, checkpoint), _run_config_beside(checkpoint)
+    data = _load_data(dataset, run)
     if 'classification' in preds:
         probs = preds['classification'].softmax(0)
         vqa = run is not None and run.data.task == 'vqa' and dataset is None
@@ -253,8 +252,9 @@ def predict(checkpoint, image, texts: Optional[list] = None, dataset: Optional[s
     device = resolve_device(device)
     ck = _load(checkpoint, device)
     model, tok = ck.model, ck.tokenizer
-    x = _read_image(image, model.config.image_size, _resize_of(checkpoint)).to(device)
-    if isinstance(model, FusionModel): return _fusion_prediction(model, tok, x, texts, checkpoint, dataset, device, top)
+    run = _run_config_beside(checkpoint)
+    x = _read_image(image, model.config.image_size, _resize_of(run)).to(device)
+    if isinstance(model, FusionModel): return _fusion_prediction(model, tok, x, texts, run, dataset, device, top)
     if not hasattr(model, 'encode_image'):  # a generative model (MultimodalVAE): its caption is the prediction
         if texts: raise ValueError(f'{type(model).__name__} does not embed texts to compare with; it captions the image: leave out --text')
         return {'caption': tok.decode(model.generate(x).cpu())[0]}
@@ -264,7 +264,7 @@ def predict(checkpoint, image, texts: Optional[list] = None, dataset: Optional[s
         sims = (emb @ embed_texts(model, tok, texts, device).T)[0]
         result = {'texts': [{'text': t, 'similarity': s, 'probability': p} for t, s, p in zip(texts, sims.tolist(), (scale * sims).softmax(0).tolist())]}
     else:
-        data = _load_data(dataset, checkpoint)
+        data = _load_data(dataset, run)
         if not data.labelled: raise ValueError(f'dataset {data.name!r} has no class labels to predict; give --text "..." to compare with texts')
         sims = (emb @ zero_shot_classifier(model, tok, data.class_prompts, device).T)[0]
         probs = (scale * sims).softmax(0)
@@ -281,7 +281,7 @@ def memorize_checkpoint(checkpoint, dataset: str, output, device: str = 'auto', 
     if not hasattr(ck.model, 'memorize'): raise ValueError(f'{type(ck.model).__name__} has no memorize(): only models with an episodic memory can memorize')
     data = load_image_text_data(dataset, default_data_dir())
     rows = datasets.concatenate_datasets(list(data.splits.values()))
-    transform = image_transform(ck.model.config.image_size, resize=_resize_of(checkpoint))
+    transform = image_transform(ck.model.config.image_size, resize=_resize_of(_run_config_beside(checkpoint)))
     loader = make_loader(ImageTextDataset(rows, ck.tokenizer, transform, caption='first'), len(rows))
     batch = next(iter(loader))
     capacity = ck.model.memorize(batch['image'], {'input_ids': batch['input_ids'], 'attention_mask': batch['attention_mask']})
