@@ -212,8 +212,9 @@ class ConceptMemory(nn.Module):
         if dim < 1 or max_concepts < 1 or max_anchors < 1:
             raise ValueError(f'dim, max_concepts and max_anchors must be ≥ 1, got {dim}, {max_concepts} and {max_anchors}')
         self.dim, self.max_concepts, self.max_anchors = dim, max_concepts, max_anchors
-        self.register_buffer('items', torch.zeros(0, dim))  # every memorised embedding, in the order written
-        self.register_buffer('item_concept', torch.zeros(0, dtype=torch.long))  # the slot of each item's concept
+        # every memorised embedding and its concept's slot, in the order written; held with spare rows (doubling) so
+        # that a write costs what it adds, and saved as the state dict's `items` and `item_concept`
+        self._items, self._item_concept, self._n = torch.zeros(16, dim), torch.zeros(16, dtype=torch.long), 0
         self.register_buffer('anchors', torch.zeros(0, dim))  # base class means (k-means centres for unlabelled data)
         self.register_buffer('prior_cov', torch.zeros(dim, dim))  # within-class covariance of the base data
         self.register_buffer('prior_dof', torch.zeros(()))  # its degrees of freedom (examples − anchors); 0: no prior yet
@@ -224,8 +225,17 @@ class ConceptMemory(nn.Module):
 
     def _reset_cache(self):
         self._slot = {c: i for i, c in enumerate(self.concepts)}
-        self._stats = None  # float64 (sums (K, D), counts (K,), second moment (D, D)) of the items, kept up to date by write
-        self._read = None  # (weights (K + A, D), bias (K + A,)) of the discriminant, rebuilt after each change
+        self._stats = None  # float64 (sums, counts, second moment (D, D)) of the items, kept up to date by write; rows ≥ K are spare
+        self._read = None  # (weights (K + A, D), bias (K + A,)) of the discriminant, rebuilt by the first read after a change
+
+    @property
+    def items(self) -> torch.Tensor: return self._items[:self._n]  # (N, D) the memorised embeddings
+    @property
+    def item_concept(self) -> torch.Tensor: return self._item_concept[:self._n]  # (N,) their concepts' slots
+
+    def _set_items(self, items: torch.Tensor, item_concept: torch.Tensor):
+        self._items, self._item_concept, self._n = items, item_concept, len(items)
+        self._reset_cache()
 
     @property
     def has_prior(self) -> bool: return float(self.prior_dof) > 0
@@ -262,15 +272,25 @@ class ConceptMemory(nn.Module):
         return {'anchors': len(self.anchors), 'examples': len(x), 'shrinkage': float(self.shrinkage)}
 
     def _statistics(self):
+        "(sums (K, D), counts (K,), second moment (D, D)) of the items, float64."
+        k = len(self.concepts)
         if self._stats is None:
-            x, k = self.items.double(), len(self.concepts)
-            sums = torch.zeros(k, self.dim, dtype=x.dtype, device=x.device).index_add_(0, self.item_concept, x)
-            self._stats = (sums, torch.bincount(self.item_concept, minlength=k).double(), x.T @ x)
-        return self._stats
+            x = self.items.double()
+            sums = torch.zeros(max(16, 2 * k), self.dim, dtype=x.dtype, device=x.device).index_add_(0, self.item_concept, x)
+            counts = torch.bincount(self.item_concept, minlength=len(sums)).double()
+            self._stats = (sums, counts, x.T @ x)
+        sums, counts, second = self._stats
+        return sums[:k], counts[:k], second
+
+    @staticmethod
+    def _grow(t: torch.Tensor, rows: int) -> torch.Tensor:
+        "`t` with room for at least `rows` rows: doubled, so that n appends copy O(n) rows in all."
+        if rows <= len(t): return t
+        return torch.cat([t, t.new_zeros(max(rows, 2 * len(t)) - len(t), *t.shape[1:])])
 
     @torch.no_grad()
     def write(self, embeds: torch.Tensor, concepts: Sequence[str]) -> dict:
-        "File each embedding under its concept's slot (a new concept takes a new slot); the read is ready when it returns."
+        "File each embedding under its concept's slot (a new concept takes a new slot); its cost grows with the new items only (the next read rebuilds the discriminant once)."
         self._check(embeds, 'embeds')
         concepts = [concepts] if isinstance(concepts, str) else list(concepts)
         if len(concepts) != len(embeds): raise ValueError(f'{len(embeds)} embeddings but {len(concepts)} concepts: give one per embedding')
@@ -283,22 +303,25 @@ class ConceptMemory(nn.Module):
         if len(self.concepts) + len(new) > self.max_concepts:
             raise ValueError(f'the memory holds {len(self.concepts)} concepts and takes at most {self.max_concepts}; '
                              f'{len(new)} more do not fit: forget some first')
-        x = embeds.detach().to(self.items.dtype)
-        sums, counts, second = self._statistics()
+        x = embeds.detach().to(self._items.dtype)
+        self._statistics()
         for c in new: self._slot[c] = len(self.concepts); self.concepts.append(c)
         slots = torch.tensor([self._slot[c] for c in concepts], device=x.device)
-        self.items, self.item_concept = torch.cat([self.items, x]), torch.cat([self.item_concept, slots])
+        n = self._n + len(x)
+        self._items, self._item_concept = self._grow(self._items, n), self._grow(self._item_concept, n)
+        self._items[self._n:n], self._item_concept[self._n:n] = x, slots
+        self._n = n
+        sums, counts, second = self._stats
+        sums, counts = self._grow(sums, len(self.concepts)), self._grow(counts, len(self.concepts))
         xd = x.double()
-        sums = torch.cat([sums, sums.new_zeros(len(new), self.dim)]).index_add_(0, slots, xd)
-        counts = torch.cat([counts, counts.new_zeros(len(new))]).index_add_(0, slots, torch.ones_like(slots, dtype=xd.dtype))
-        self._stats, self._read = (sums, counts, second + xd.T @ xd), None
-        self._read_params()
+        sums.index_add_(0, slots, xd); counts.index_add_(0, slots, torch.ones_like(xd[:, 0]))
+        self._stats, self._read = (sums, counts, second.addmm_(xd.T, xd)), None
         return {'concepts': len(self.concepts), 'items': len(self.items), 'new_concepts': new}
 
     def means(self) -> torch.Tensor:
         "(K, D) the memory matrix: slot k holds the mean embedding of concept k's examples."
         sums, counts, _ = self._statistics()
-        return (sums / counts[:, None]).to(self.items.dtype)
+        return (sums / counts[:, None]).to(self._items.dtype)
 
     def covariance(self) -> torch.Tensor:
         "(D, D) the shared within-concept covariance: the base prior updated by the memorised examples' scatter around their concepts' means, shrunk towards a scaled identity."
@@ -344,16 +367,14 @@ class ConceptMemory(nn.Module):
     @torch.no_grad()
     def forget(self, concept: Optional[str] = None):
         "Forget one concept (its slot and examples), or every concept when `concept` is None; the base statistics stay."
-        if concept is None: keep = torch.zeros(len(self.items), dtype=torch.bool, device=self.items.device); self.concepts = []
-        else:
-            if concept not in self._slot:
-                raise KeyError(f'no concept {concept!r} in memory; it holds {", ".join(map(repr, self.concepts)) or "nothing"}')
-            slot = self._slot[concept]
-            keep = self.item_concept != slot
-            self.item_concept = torch.where(self.item_concept > slot, self.item_concept - 1, self.item_concept)
-            self.concepts = self.concepts[:slot] + self.concepts[slot + 1:]
-        self.items, self.item_concept = self.items[keep], self.item_concept[keep]
-        self._reset_cache()
+        if concept is None: self.concepts = []; self._set_items(self._items[:0], self._item_concept[:0]); return
+        if concept not in self._slot:
+            raise KeyError(f'no concept {concept!r} in memory; it holds {", ".join(map(repr, self.concepts)) or "nothing"}')
+        slot = self._slot[concept]
+        keep = self.item_concept != slot
+        shifted = torch.where(self.item_concept > slot, self.item_concept - 1, self.item_concept)  # later slots move up one
+        self.concepts = self.concepts[:slot] + self.concepts[slot + 1:]
+        self._set_items(self.items[keep], shifted[keep])
 
     def counts(self) -> dict:
         "Examples memorised per concept, in slot order."
@@ -368,7 +389,20 @@ class ConceptMemory(nn.Module):
         self.concepts, self.anchor_names = list(names['concepts']), list(names['anchors'])
         self._reset_cache()
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + 'items'], destination[prefix + 'item_concept'] = self.items.clone(), self.item_concept.clone()
+
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .half() move the items like the buffers
+        self._items, self._item_concept = fn(self._items), fn(self._item_concept)
+        self._reset_cache()
+        return super()._apply(fn, recurse)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        items, concept = state_dict.pop(prefix + 'items', None), state_dict.pop(prefix + 'item_concept', None)
+        if (items is None) != (concept is None): raise ValueError(f'{prefix}items and {prefix}item_concept must be saved together')
+        if items is not None:
+            self._set_items(items.to(self._items.device, self._items.dtype), concept.to(self._item_concept.device, torch.long))
         for name, buf in self._buffers.items():
             key = prefix + name
             if key not in state_dict: state_dict[key] = buf  # a checkpoint from before the memory existed: it loads empty
