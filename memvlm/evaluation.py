@@ -7,8 +7,8 @@ __all__ = ['MODALITIES', 'TASKS', 'embed_images', 'embed_texts', 'prompts_from_t
            'zero_shot_accuracy', 'recall_at_k', 'retrieval_recall', 'caption_gallery', 'linear_probe',
            'accepts_missing_modality', 'task_scores', 'modality_predictions', 'modality_scores', 'bleu_score',
            'ssim_score', 'plot_tsne', 'plot_confusion', 'plot_predicted_vs_true', 'plot_retrieval_grid',
-           'plot_captions', 'plot_reconstructions', 'read_history', 'evaluate_clip', 'task_availability',
-           'write_report', 'evaluate']
+           'plot_captions', 'plot_reconstructions', 'read_history', 'evaluate_clip', 'zero_shot_with_memory',
+           'write_answers', 'task_availability', 'write_report', 'evaluate']
 
 # %% ../nbs/10_evaluation.ipynb #2c871a45
 import inspect
@@ -333,6 +333,32 @@ def evaluate_clip(model: nn.Module, data: ImageTextData, split: str, tokenizer: 
     metrics.update(retrieval_recall(image_embeds, embed_texts(model, tokenizer, texts, device), pairs))
     return {prefix + k: v for k, v in metrics.items()}
 
+def zero_shot_with_memory(model: nn.Module, image_embeds: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str],
+                          classifier: torch.Tensor) -> tuple[dict, object]:
+    "Scores of `MemoryCLIP.classify` (zero-shot over `classnames`, whose text embeddings are `classifier`, plus the memorised concepts), and its answers: `zero_shot_acc`; `memory_answers`, the fraction answered from memory; `memorized_acc` on the images whose class is a memorised concept, with every class as a candidate, and `memorized_acc_among_memorized` with the memorised classes alone (what a few-shot learner on the same shots would be asked); `known_acc` on the other images."
+    answers = model.classify(image_embeds, classnames, classifier)
+    truth = [classnames[i] for i in labels.tolist()]
+    def accuracy(got, want): return sum(g == w for g, w in zip(got, want)) / len(want)
+    metrics = {'zero_shot_acc': accuracy(answers.labels, truth), 'memory_answers': answers.from_memory.float().mean().item()}
+    memorised = [i for i, c in enumerate(classnames) if c in model.memory_concepts()]
+    mask = torch.isin(labels, torch.tensor(memorised, dtype=labels.dtype))
+    if mask.any():
+        metrics['memorized_acc'] = accuracy([a for a, m in zip(answers.labels, mask.tolist()) if m], [t for t, m in zip(truth, mask.tolist()) if m])
+        among = model.classify(image_embeds[mask], [classnames[i] for i in memorised], classifier[memorised])
+        metrics['memorized_acc_among_memorized'] = accuracy(among.labels, [t for t, m in zip(truth, mask.tolist()) if m])
+    if (~mask).any():
+        metrics['known_acc'] = accuracy([a for a, m in zip(answers.labels, mask.tolist()) if not m], [t for t, m in zip(truth, mask.tolist()) if not m])
+    return metrics, answers
+
+def write_answers(answers, labels: torch.Tensor, classnames: Sequence[str], path) -> Path:
+    "A CSV of each image's true class, answer and where the answer came from (`memory` or `zero-shot`)."
+    import csv
+    with open(path, 'w', newline='') as f:
+        w = csv.writer(f); w.writerow(['index', 'label', 'answer', 'source'])
+        for i, (l, a, m) in enumerate(zip(labels.tolist(), answers.labels, answers.from_memory.tolist())):
+            w.writerow([i, classnames[l], a, 'memory' if m else 'zero-shot'])
+    return Path(path)
+
 # %% ../nbs/10_evaluation.ipynb #17d1302f
 TASKS = ('retrieval', 'zero_shot', 'linear_probe', 'missing_modality', 'bleu', 'ssim', 'curves')
 
@@ -408,12 +434,19 @@ def evaluate(model: nn.Module, data: ImageTextData, tasks: Optional[Sequence[str
     if {'retrieval', 'zero_shot', 'linear_probe'} & set(tasks):
         image_embeds, labels = embed_images(model, loader, device)
     text_embeds = text_labels = None
+    answers = None
     if 'zero_shot' in tasks:
         prompts = prompts_from_templates(data.classnames, templates) if templates else data.class_prompts
-        preds, text_embeds = _zero_shot(model, image_embeds, labels, tokenizer, prompts, device)
+        text_embeds = zero_shot_classifier(model, tokenizer, prompts, device)
         text_labels = torch.arange(len(text_embeds))
-        metrics['zero_shot_acc'] = preds.eq(labels).sum().item() / len(labels)
-        figures['confusion.png'] = plot_confusion(labels, preds, data.classnames, 'zero-shot classification')
+        if getattr(model, 'memory_concepts', dict)():  # a MemoryCLIP that has memorised concepts: they compete with the classes
+            scores, answers = zero_shot_with_memory(model, image_embeds, labels, data.classnames, text_embeds)
+            metrics.update(scores)
+            figures['confusion.png'] = plot_confusion(labels, answers.index, answers.classnames, 'zero-shot classification with memory')
+        else:
+            preds = (image_embeds @ text_embeds.T).argmax(1)
+            metrics['zero_shot_acc'] = preds.eq(labels).sum().item() / len(labels)
+            figures['confusion.png'] = plot_confusion(labels, preds, data.classnames, 'zero-shot classification')
     if 'retrieval' in tasks:
         texts, pairs = caption_gallery(rows['captions'])
         gallery = embed_texts(model, tokenizer, texts, device)
@@ -450,6 +483,7 @@ def evaluate(model: nn.Module, data: ImageTextData, tasks: Optional[Sequence[str
     if report_dir is not None:
         facts = {'dataset': data.name, 'split': split, 'examples': len(rows), 'model': type(model).__name__, 'tasks': ', '.join(tasks)}
         write_report(metrics, figures, report_dir, f'{type(model).__name__} on {data.name} ({split})', facts)
+        if answers is not None: write_answers(answers, labels, data.classnames, Path(report_dir) / 'predictions.csv')
     else:
         for fig in figures.values(): _plt().close(fig)
     return metrics
