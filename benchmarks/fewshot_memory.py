@@ -160,8 +160,8 @@ def run_dataset(name: str, args) -> dict:
     _, val_emb, val_labels = embed_split(model, data['validation'], transform)
     _, test_emb, test_labels = embed_split(model, data['test'], transform)
     emb = {'train': train_emb, 'train_labels': train_labels, 'val': val_emb, 'val_labels': val_labels}
-    base = train_labels < 5
-    print(f'{name}: memory prior', model.set_memory_prior(train_emb[base], train_labels[base], names))  # what memvlm train does
+    base, val_base = train_labels < 5, val_labels < 5  # what memvlm train does: the train split's statistics, calibrated on validation
+    print(f'{name}: memory prior', model.set_memory_prior(train_emb[base], train_labels[base], names, val_emb[val_base], val_labels[val_base]))
 
     classifier = zero_shot_classifier(model, tok, data.class_prompts)  # (10, D)
     scale = model.logit_scale.exp().clamp(max=model.config.max_logit_scale).item()

@@ -129,12 +129,14 @@ from .models import FusionModel, save_checkpoint
 MONITORED = {'classification': 'acc', 'regression': 'r2', 'multilabel': 'f1'}  # the score that picks a fusion model's best epoch
 
 def fit_memory_prior(model: MemoryCLIP, data: ImageTextData, tokenizer: CaptionTokenizer, device='cpu', resize: str = 'squash',
-                     batch_size: int = 256, split: str = 'train') -> dict:
-    "The base statistics `memorize` reads with, from one pass of image embeddings over `data[split]` (class anchors where the data has labels)."
-    loader = make_loader(ImageTextDataset(data[split], tokenizer, image_transform(model.config.image_size, resize=resize), caption='first'),
-                         batch_size)
-    embeds, labels = embed_images(model, loader, device)
-    return model.set_memory_prior(embeds, labels if data.labelled else None, data.classnames if data.labelled else None)
+                     batch_size: int = 256, split: str = 'train', held_out: Optional[str] = 'validation') -> dict:
+    "The base statistics `memorize` reads with, from one pass of image embeddings over `data[split]` (class anchors where the data has labels), its claims calibrated on `data[held_out]`."
+    def embed(name):
+        ds = ImageTextDataset(data[name], tokenizer, image_transform(model.config.image_size, resize=resize), caption='first')
+        embeds, labels = embed_images(model, make_loader(ds, batch_size), device)
+        return embeds, labels if data.labelled else None
+    calibration = embed(held_out) if held_out in data.splits else (None, None)
+    return model.set_memory_prior(*embed(split), data.classnames if data.labelled else None, *calibration)
 
 def run_training(run: Run, progress: bool = True) -> dict:
     "Train `run.model`, evaluate the best checkpoint on the test split, write the report; returns the metrics."

@@ -126,7 +126,7 @@ def write_digits_csv(folder, per_class: int = 6, image_size: int = 32, seed: int
 
 # %% ../nbs/01_data.ipynb #5c1e7a21
 SHAPE_NAMES = ('circle', 'square', 'triangle', 'star', 'cross', 'ring', 'diamond', 'hexagon', 'arrow', 'heart')
-SHAPE_TEMPLATES = ('a drawing of {a_name}', '{a_name} shape', 'a picture of a single {name}', 'the outline of {a_name}',
+SHAPE_TEMPLATES = ('a drawing of {a_name}', '{a_name} shape', 'a picture of a single {name}', 'a sketch of {a_name}',
                    'a simple {name} on a plain background', 'an image of {a_name}')
 
 def shape_captions(label: int) -> list[str]:
@@ -161,10 +161,10 @@ def _shape_outline(name: str, rng: np.random.Generator) -> tuple[np.ndarray, flo
     raise ValueError(f'no outline for shape {name!r}')
 
 def _shape_colours(rng: np.random.Generator, min_contrast: float = 0.3) -> tuple[tuple, tuple]:
-    "A background (grey or a muted colour) and a shape colour of any hue, as RGB 0-255, whose luminances differ by `min_contrast` or more."
+    "A grey background and a shape colour of any hue, as RGB 0-255, whose luminances differ by `min_contrast` or more."
     import colorsys
     lum = lambda c: c @ [0.299, 0.587, 0.114]
-    bg = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0, 0.5) * (rng.random() < 0.5), rng.random()))
+    bg = np.full(3, rng.random())  # a grey: the colour belongs to the shape alone
     while True:
         fg = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.25, 1), rng.random()))
         if abs(lum(fg) - lum(bg)) >= min_contrast: return tuple((bg * 255).round().astype(int)), tuple((fg * 255).round().astype(int))
@@ -175,8 +175,8 @@ def _draw_shape(label: int, rng: np.random.Generator, size: int, scale: int = 4)
     S, name = size * scale, SHAPE_NAMES[label]
     bg, fg = _shape_colours(rng)
     img = Image.new('RGB', (S, S), bg); draw = ImageDraw.Draw(img)
-    r = rng.uniform(0.2, 0.45) * S  # radius: the shape spans 40-90% of the image
-    cx, cy = S / 2 + rng.uniform(-0.9, 0.9, 2) * (S / 2 - r)  # offset, staying inside the image
+    r = rng.uniform(0.3, 0.45) * S  # radius: the shape spans 60-90% of the image
+    cx, cy = S / 2 + rng.uniform(-0.5, 0.5, 2) * (S / 2 - r)  # offset, staying inside the image
     if name in ('circle', 'ring'):
         box = [cx - r, cy - r, cx + r, cy + r]
         if name == 'circle': draw.ellipse(box, fill=fg)
@@ -185,8 +185,7 @@ def _draw_shape(label: int, rng: np.random.Generator, size: int, scale: int = 4)
         corners, turn = _shape_outline(name, rng)
         t = np.deg2rad(rng.uniform(-turn, turn))
         xy = [tuple(p) for p in corners @ np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]]) * r + [cx, cy]]
-        if rng.random() < 0.5: draw.polygon(xy, fill=fg)
-        else: draw.polygon(xy, outline=fg, width=max(scale, round(r * rng.uniform(0.16, 0.26))))
+        draw.polygon(xy, fill=fg)  # filled: at 32 px an outline of a few pixels says little about the shape
     return img.resize((size, size), Image.BOX)
 
 def _shape_images(seed: int = 0, per_class: int = 180, image_size: int = 32) -> tuple[list[Image.Image], np.ndarray]:
@@ -195,7 +194,7 @@ def _shape_images(seed: int = 0, per_class: int = 180, image_size: int = 32) -> 
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.repeat(np.arange(len(SHAPE_NAMES)), per_class))
     pixels = np.stack([np.asarray(_draw_shape(l, rng, image_size)) for l in labels]).astype(np.float32)
-    pixels += rng.normal(size=pixels.shape).astype(np.float32) * rng.uniform(2, 8, (len(pixels), 1, 1, 1)).astype(np.float32)
+    pixels += rng.normal(size=pixels.shape).astype(np.float32) * rng.uniform(2, 5, (len(pixels), 1, 1, 1)).astype(np.float32)
     return [Image.fromarray(p) for p in np.clip(pixels, 0, 255).round().astype(np.uint8)], labels
 
 def load_shapes_captions(seed: int = 0, per_class: int = 180, image_size: int = 32) -> ImageTextData:

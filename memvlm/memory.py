@@ -201,17 +201,19 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> torch.Ten
 class MemoryRead:
     "What `ConceptMemory.read` returns for N queries."
     concept: torch.Tensor  # (N,) index into `ConceptMemory.concepts` of the best memorised concept (-1: none took part)
-    claims: torch.Tensor  # (N,) bool: that concept scores above every base anchor that took part, so the memory answers
+    margin: float  # the lead over the anchors a claim needs, calibrated on held-out base images
+    claims: torch.Tensor  # (N,) bool: that concept beats every base anchor that took part by more than `margin`: the memory answers
     scores: torch.Tensor  # (N, K) discriminant scores of the concepts (-inf where a concept did not take part)
     anchor_scores: torch.Tensor  # (N, A) scores of the base anchors that took part
 
 class ConceptMemory(nn.Module):
     "Episodic memory addressed by concept: a slot per concept holds the mean of its examples; read as a Gaussian discriminant whose shared covariance starts from the base training data."
-    def __init__(self, dim: int, max_concepts: int = 4096, max_anchors: int = 32):
+    def __init__(self, dim: int, max_concepts: int = 4096, max_anchors: int = 32, max_false_claims: float = 0.01):
         super().__init__()
         if dim < 1 or max_concepts < 1 or max_anchors < 1:
             raise ValueError(f'dim, max_concepts and max_anchors must be ≥ 1, got {dim}, {max_concepts} and {max_anchors}')
-        self.dim, self.max_concepts, self.max_anchors = dim, max_concepts, max_anchors
+        if not 0 <= max_false_claims < 1: raise ValueError(f'max_false_claims={max_false_claims}: expected a fraction in [0, 1)')
+        self.dim, self.max_concepts, self.max_anchors, self.max_false_claims = dim, max_concepts, max_anchors, max_false_claims
         # every memorised embedding and its concept's slot, in the order written; held with spare rows (doubling) so
         # that a write costs what it adds, and saved as the state dict's `items` and `item_concept`
         self._items, self._item_concept, self._n = torch.zeros(16, dim), torch.zeros(16, dtype=torch.long), 0
@@ -219,6 +221,8 @@ class ConceptMemory(nn.Module):
         self.register_buffer('prior_cov', torch.zeros(dim, dim))  # within-class covariance of the base data
         self.register_buffer('prior_dof', torch.zeros(()))  # its degrees of freedom (examples − anchors); 0: no prior yet
         self.register_buffer('shrinkage', torch.zeros(()))  # Ledoit–Wolf weight of the identity target
+        self.register_buffer('held_out', torch.zeros(0, dim))  # base images not in the prior, which calibrate how readily the memory claims
+        self.register_buffer('held_out_labels', torch.zeros(0, dtype=torch.long))  # their anchors (-1: unknown)
         self.concepts: list[str] = []  # slot i holds concept self.concepts[i]
         self.anchor_names: list[str] = []  # base class names, one per anchor; empty when the anchors are k-means centres
         self._reset_cache()
@@ -226,7 +230,7 @@ class ConceptMemory(nn.Module):
     def _reset_cache(self):
         self._slot = {c: i for i, c in enumerate(self.concepts)}
         self._stats = None  # float64 (sums, counts, second moment (D, D)) of the items, kept up to date by write; rows ≥ K are spare
-        self._read = None  # (weights (K + A, D), bias (K + A,)) of the discriminant, rebuilt by the first read after a change
+        self._read = None  # (weights (K + A, D), bias (K + A,), margin) of the discriminant, rebuilt by the first read after a change
 
     @property
     def items(self) -> torch.Tensor: return self._items[:self._n]  # (N, D) the memorised embeddings
@@ -248,8 +252,9 @@ class ConceptMemory(nn.Module):
         if not torch.isfinite(embeds).all(): raise ValueError(f'{name} contains NaN or infinite values')
 
     @torch.no_grad()
-    def set_prior(self, embeds: torch.Tensor, labels: Optional[torch.Tensor] = None, names: Optional[Sequence[str]] = None) -> dict:
-        "Base statistics from the training data's embeddings: one anchor per class of `labels` (named by `names`), or k-means anchors without labels; their within-class covariance is the read's prior."
+    def set_prior(self, embeds: torch.Tensor, labels: Optional[torch.Tensor] = None, names: Optional[Sequence[str]] = None,
+                  held_out: Optional[torch.Tensor] = None, held_out_labels: Optional[torch.Tensor] = None) -> dict:
+        "Base statistics from the training data's embeddings: one anchor per class of `labels` (named by `names`), or k-means anchors without labels; their within-class covariance is the read's prior. `held_out` embeddings of other base images (e.g. the validation split, with their labels) calibrate the claims; without them the training embeddings do."
         self._check(embeds, 'embeds')
         x = embeds.detach().double()
         if labels is None: labels = kmeans(x, max(1, min(self.max_anchors, len(x) // 10))).to(x.device)
@@ -268,8 +273,16 @@ class ConceptMemory(nn.Module):
         self.prior_cov = (residuals.T @ residuals / dof).to(self.prior_cov.dtype)
         self.prior_dof.fill_(dof)
         self.shrinkage.fill_(ledoit_wolf_shrinkage(residuals))
+        if held_out is None: held_out, held_out_labels = embeds, labels
+        self._check(held_out, 'held_out')
+        keep = torch.arange(len(held_out))
+        if len(held_out) > 4096: keep = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(0))[:4096]  # enough for a quantile
+        hl = torch.full((len(held_out),), -1, dtype=torch.long) if held_out_labels is None or names is None else torch.as_tensor(held_out_labels).long()
+        anchor_of = torch.where(used, torch.cumsum(used.long(), 0) - 1, -1).cpu()  # class index -> anchor index (-1: none)
+        hl = torch.where((hl >= 0) & (hl < k), anchor_of[hl.clamp(0, k - 1)], torch.full_like(hl, -1))
+        self.held_out, self.held_out_labels = held_out[keep].detach().to(self.anchors), hl[keep].to(self.anchors.device)
         self._read = None
-        return {'anchors': len(self.anchors), 'examples': len(x), 'shrinkage': float(self.shrinkage)}
+        return {'anchors': len(self.anchors), 'examples': len(x), 'held_out': len(self.held_out), 'shrinkage': float(self.shrinkage)}
 
     def _statistics(self):
         "(sums (K, D), counts (K,), second moment (D, D)) of the items, float64."
@@ -324,9 +337,11 @@ class ConceptMemory(nn.Module):
         return (sums / counts[:, None]).to(self._items.dtype)
 
     def covariance(self) -> torch.Tensor:
-        "(D, D) the shared within-concept covariance: the base prior updated by the memorised examples' scatter around their concepts' means, shrunk towards a scaled identity."
+        "(D, D) the shared within-concept covariance: the base prior, counted as D examples, pooled with the memorised examples' scatter around their concepts' means; shrunk towards a scaled identity."
         if not self.has_prior: raise RuntimeError('no base statistics yet: call set_prior first')
-        dof = float(self.prior_dof)
+        # the prior counts as at most D examples: enough to be well posed, and outweighed by the memorised examples once there are
+        # more than D of them, since the spread of concepts the model was not trained on is what the base data cannot know
+        dof = min(float(self.prior_dof), float(self.dim))
         scatter = dof * self.prior_cov.double()
         if len(self.items):
             sums, counts, second = self._statistics()
@@ -342,14 +357,26 @@ class ConceptMemory(nn.Module):
             precision = torch.cholesky_inverse(torch.linalg.cholesky(self.covariance()))
             means = torch.cat([self.means().double(), self.anchors.double()]) if self.concepts else self.anchors.double()
             w = means @ precision
-            self._read = (w.float(), (-0.5 * (w * means).sum(1)).float())  # score = μᵀΣ⁻¹x − ½μᵀΣ⁻¹μ
+            w, b = w.float(), (-0.5 * (w * means).sum(1)).float()  # score = μᵀΣ⁻¹x − ½μᵀΣ⁻¹μ
+            self._read = (w, b, self._margin(w, b))
         return self._read
+
+    def _margin(self, w: torch.Tensor, b: torch.Tensor) -> float:
+        "How much the best concept must beat the best anchor by: the least margin by which at most `max_false_claims` of the held-out base images would be claimed (an image of a class memorised under its own name is not a false claim)."
+        k = len(self.concepts)
+        if k == 0 or len(self.held_out) == 0 or len(self.anchors) == 0: return 0.0
+        s = self.held_out.float() @ w.T + b
+        lead = s[:, :k].max(1).values - s[:, k:].max(1).values
+        memorised = torch.tensor([n in self._slot for n in self.anchor_names] + [False], device=lead.device)
+        lead = lead[~memorised[self.held_out_labels]] if self.anchor_names else lead  # index -1: the appended False
+        if len(lead) == 0: return 0.0
+        return max(0.0, torch.quantile(lead.double(), 1 - self.max_false_claims).item())
 
     def read(self, queries: torch.Tensor, candidates: Optional[Sequence[str]] = None) -> MemoryRead:
         "Score `queries` (N, D) against every concept and base anchor; with `candidates` (names), only the concepts and named anchors among them take part (unnamed anchors always do)."
         self._check(queries, 'queries')
         if not self.has_prior: raise RuntimeError('no base statistics yet: call set_prior first')
-        w, b = self._read_params()
+        w, b, margin = self._read_params()
         s = queries.float() @ w.T.to(queries.device) + b.to(queries.device)
         k = len(self.concepts)
         scores, anchor_scores = s[:, :k], s[:, k:]
@@ -359,10 +386,10 @@ class ConceptMemory(nn.Module):
             if self.anchor_names: anchor_scores = anchor_scores[:, [i for i, n in enumerate(self.anchor_names) if n in allowed]]
         if k == 0 or torch.isinf(scores).all():
             none = torch.full((len(s),), -1, dtype=torch.long, device=s.device)
-            return MemoryRead(none, torch.zeros(len(s), dtype=torch.bool, device=s.device), scores, anchor_scores)
+            return MemoryRead(none, margin, torch.zeros(len(s), dtype=torch.bool, device=s.device), scores, anchor_scores)
         best, concept = scores.max(1)
-        claims = best > anchor_scores.max(1).values if anchor_scores.shape[1] else torch.ones_like(best, dtype=torch.bool)
-        return MemoryRead(concept, claims, scores, anchor_scores)
+        claims = best > anchor_scores.max(1).values + margin if anchor_scores.shape[1] else torch.ones_like(best, dtype=torch.bool)
+        return MemoryRead(concept, margin, claims, scores, anchor_scores)
 
     @torch.no_grad()
     def forget(self, concept: Optional[str] = None):

@@ -111,10 +111,10 @@ class MemoryCLIP(nn.Module):
         self.train(was_training)
         return out
 
-    def set_memory_prior(self, image_embeds: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                         classnames: Optional[Sequence[str]] = None) -> dict:
-        "The episodic memory's base statistics from unit-length embeddings of the training images (with their labels and class names where the data has them); `memvlm train` calls it at the end of training."
-        return self.episodic.set_prior(image_embeds.float(), labels, classnames)
+    def set_memory_prior(self, image_embeds: torch.Tensor, labels: Optional[torch.Tensor] = None, classnames: Optional[Sequence[str]] = None,
+                         held_out: Optional[torch.Tensor] = None, held_out_labels: Optional[torch.Tensor] = None) -> dict:
+        "The episodic memory's base statistics from unit-length embeddings of the training images (with their labels and class names where the data has them), its claims calibrated on `held_out` embeddings of other base images; `memvlm train` calls it at the end of training."
+        return self.episodic.set_prior(image_embeds.float(), labels, classnames, None if held_out is None else held_out.float(), held_out_labels)
 
     @torch.no_grad()
     def memorize(self, images: torch.Tensor, captions) -> dict:
