@@ -109,14 +109,16 @@ def load_digits_captions(seed: int = 0) -> ImageTextData:
     return ImageTextData(splits, 'digits-captions', list(DIGIT_NAMES), [digit_captions(c) for c in range(10)], tagnames=list(DIGIT_TAGS))
 
 # %% ../nbs/01_data.ipynb #d472144b
-def write_digits_csv(folder, per_class: int = 6, image_size: int = 32, seed: int = 0) -> Path:
-    "Write `per_class` digit images per class as PNGs, with a `captions.csv` (`filepath,caption,label,value,tags`) beside them."
+def write_digits_csv(folder, per_class: int = 6, image_size: int = 32, seed: int = 0, classes: Sequence[int] = range(10),
+                     split: Optional[str] = None) -> Path:
+    "Write `per_class` digit images of each of `classes` as PNGs, with a `captions.csv` (`filepath,caption,label,value,tags`) beside them; `split` draws them from that split of digits-captions only, so that files written from different splits share no image."
     import pandas as pd
     folder = Path(folder); (folder / 'images').mkdir(parents=True, exist_ok=True)
     images, labels = _digit_images()
+    pool = np.arange(len(labels)) if split is None else split_indices(len(labels), labels)[split]
     rng, rows = np.random.default_rng(seed), []
-    for c in range(10):
-        for i in rng.choice(np.flatnonzero(labels == c), per_class, replace=False):
+    for c in classes:
+        for i in rng.choice(pool[labels[pool] == c], per_class, replace=False):
             path = f'images/{DIGIT_NAMES[c]}_{i:04d}.png'
             images[i].convert('RGB').resize((image_size, image_size), Image.BILINEAR).save(folder / path)
             rows.append({'filepath': path, 'caption': str(rng.choice(digit_captions(c))), 'label': DIGIT_NAMES[c], 'value': c,

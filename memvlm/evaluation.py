@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .config import import_optional
 from .data import TARGET_KEYS, CaptionTokenizer, ImageTextData, ImageTextDataset, image_transform, make_loader
+from .models import Classification
 from .training import plot_history
 
 # %% ../nbs/10_evaluation.ipynb #59c8900b
@@ -334,7 +335,7 @@ def evaluate_clip(model: nn.Module, data: ImageTextData, split: str, tokenizer: 
     return {prefix + k: v for k, v in metrics.items()}
 
 def zero_shot_with_memory(model: nn.Module, image_embeds: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str],
-                          classifier: torch.Tensor) -> tuple[dict, object]:
+                          classifier: torch.Tensor) -> tuple[dict, Classification]:
     "Scores of `MemoryCLIP.classify` (zero-shot over `classnames`, whose text embeddings are `classifier`, plus the memorised concepts), and its answers: `zero_shot_acc`; `memory_answers`, the fraction answered from memory; `memorized_acc` on the images whose class is a memorised concept, with every class as a candidate, and `memorized_acc_among_memorized` with the memorised classes alone (what a few-shot learner on the same shots would be asked); `known_acc` on the other images."
     answers = model.classify(image_embeds, classnames, classifier)
     truth = [classnames[i] for i in labels.tolist()]
@@ -421,7 +422,7 @@ def evaluate(model: nn.Module, data: ImageTextData, tasks: Optional[Sequence[str
              history: Union[None, list, str, Path] = None, templates: Optional[Sequence[str]] = None, train_split: str = 'train',
              n_show: int = 6, max_probe_train: int = 5000, max_generate: int = 512, max_new_tokens: int = 16,
              image_size: Optional[int] = None, resize: str = 'squash') -> dict:
-    "Every applicable score of `model` (already on `device`) on `data[split]`, images made square by `resize` as in training; writes the report to `report_dir` (None: no files)."
+    "Every applicable score of `model` (already on `device`) on `data[split]`, images made square by `resize` as in training; writes the report to `report_dir` (None: no files): metrics, plots, `report.md` and, for zero-shot, `predictions.csv` (each image's answer and whether it came from the episodic memory)."
     if tokenizer is None: raise ValueError('evaluate needs the tokenizer the model was trained with, e.g. load_checkpoint(path).tokenizer')
     if split not in data.splits: raise ValueError(f'no split {split!r} in {data.name}; it has {", ".join(data.splits)}')
     if isinstance(history, (str, Path)): history = read_history(history)
@@ -445,6 +446,7 @@ def evaluate(model: nn.Module, data: ImageTextData, tasks: Optional[Sequence[str
             figures['confusion.png'] = plot_confusion(labels, answers.index, answers.classnames, 'zero-shot classification with memory')
         else:
             preds = (image_embeds @ text_embeds.T).argmax(1)
+            answers = Classification(list(data.classnames), preds, torch.zeros_like(preds, dtype=torch.bool))
             metrics['zero_shot_acc'] = preds.eq(labels).sum().item() / len(labels)
             figures['confusion.png'] = plot_confusion(labels, preds, data.classnames, 'zero-shot classification')
     if 'retrieval' in tasks:

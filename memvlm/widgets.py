@@ -121,11 +121,9 @@ class LiveCurves:
 
 # %% ../nbs/11_widgets.ipynb #d9413dce
 class MemoryInspector:
-    "Memory tokens, episodic-memory usage and the read-out for a chosen query image of a `MemoryCLIP`."
-    def __init__(self, model: nn.Module, tokenizer: Optional[CaptionTokenizer] = None, memorized: Optional[Sequence[str]] = None,
-                 queries: Optional[torch.Tensor] = None, device='cpu'):
-        self.model, self.tokenizer, self.device = model, tokenizer, device
-        self.memorized, self.queries = list(memorized or []), queries
+    "Memory tokens, the memorised concepts and, for a chosen query image, what the episodic memory of a `MemoryCLIP` reads."
+    def __init__(self, model: nn.Module, queries: Optional[torch.Tensor] = None, device='cpu'):
+        self.model, self.queries, self.device = model, queries, device
         self.summary = widgets.HTML()
         self.plot = widgets.Image(format='png')
         self.query = widgets.IntSlider(0, 0, max(0, (len(queries) if queries is not None else 1) - 1), description='query')
@@ -143,18 +141,21 @@ class MemoryInspector:
         tokens = getattr(self.model, 'memory', None)
         sim = tokens.similarity() if tokens is not None and hasattr(tokens, 'similarity') else torch.zeros(0, 0)
         lines = [f'<b>memory tokens</b>: {len(sim)}' + (f', mean off-diagonal similarity {self._off_diagonal(sim):.3f}' if len(sim) > 1 else '')]
-        ep = self.episodic
-        if ep is None: lines.append('<b>episodic memory</b>: none (build the model with episodic_slots > 0)')
+        ep, counts = self.episodic, {}
+        if ep is None: lines.append(f'<b>episodic memory</b>: none ({type(self.model).__name__} has no concept memory)')
         else:
-            cap = ep.capacity()
-            lines.append(f"<b>episodic memory</b>: {cap['slots']} slots, {cap['items_written']} items written, {cap['slots_used']} slots used, rank {cap['rank']:.0f}")
-        if self.memorized: lines.append(f'<b>memorized</b>: {len(self.memorized)} captions, e.g. ' + '; '.join(html.escape(c) for c in self.memorized[:3]))
+            counts = ep.counts()
+            base = (f'{len(ep.anchors)} base classes' + (f' ({", ".join(html.escape(n) for n in ep.anchor_names[:6])}...)' if ep.anchor_names else ' (clusters)')
+                    if ep.has_prior else 'no base statistics yet (set_memory_prior)')
+            lines.append(f'<b>episodic memory</b>: {len(counts)} concepts from {sum(counts.values())} examples; competes with {base}')
         self.summary.value = '<br>'.join(lines)
         fig, axes = plt.subplots(1, 2, figsize=(7, 2.6))
         if len(sim): axes[0].imshow(sim.numpy(), vmin=-1, vmax=1, cmap='RdBu_r')
         axes[0].set_title('memory-token similarity', fontsize=9)
-        if ep is not None: axes[1].bar(range(ep.num_slots), ep.slot_usage().cpu().numpy())
-        axes[1].set_title('episodic slot usage (change from prior)', fontsize=9); axes[1].set_xlabel('slot')
+        shown = list(counts.items())[:20]
+        axes[1].barh([html.escape(c)[:24] for c, _ in shown][::-1], [n for _, n in shown][::-1])
+        axes[1].set_title('examples per memorised concept' + (' (first 20)' if len(counts) > 20 else ''), fontsize=9)
+        axes[1].tick_params(labelsize=7)
         fig.tight_layout()
         self.plot.value = _fig_png(fig)
         self.show_readout()
@@ -165,24 +166,23 @@ class MemoryInspector:
         return ((sim.sum() - sim.diagonal().sum()) / (n * n - n)).item()
 
     @torch.no_grad()
-    def readout(self, index: int, k: int = 3) -> list[tuple[str, float]]:
-        "The memorized captions closest to the episodic memory's read-out for query image `index`: (caption, cosine)."
-        m = self.model
-        if self.queries is None or not self.memorized or not getattr(m, 'memory_active', False): return []
-        e = m.encode_image(self.queries[index:index + 1].to(self.device), use_memory=False)
-        recalled = F.normalize(m.recall(e), dim=-1)
-        t = embed_texts(m, self.tokenizer, self.memorized, self.device).to(recalled.device)
-        t = F.normalize(t - m.episodic_center[1], dim=-1)  # the memory stores captions centred on the memorized mean
-        scores = (recalled @ t.T)[0].cpu()
-        top = scores.topk(min(k, len(self.memorized)))
-        return [(self.memorized[j], s) for s, j in zip(top.values.tolist(), top.indices.tolist())]
+    def readout(self, index: int, k: int = 3) -> tuple[list[tuple[str, str, float]], bool]:
+        "For query image `index`: the `k` most probable memorised concepts and base classes under the memory's discriminant, as (name, 'memorised' or 'base class', probability), and whether the memory would answer for it."
+        ep = self.episodic
+        if self.queries is None or ep is None or not ep.concepts or not ep.has_prior: return [], False
+        read = ep.read(self.model.encode_image(self.queries[index:index + 1].to(self.device)).float())
+        names = [(c, 'memorised') for c in ep.concepts] + [(n, 'base class') for n in (ep.anchor_names or [f'cluster {i}' for i in range(len(ep.anchors))])]
+        probs = torch.cat([read.scores, read.anchor_scores], 1)[0].softmax(0).cpu()
+        top = probs.topk(min(k, len(names)))
+        return [(*names[j], p) for p, j in zip(top.values.tolist(), top.indices.tolist())], bool(read.claims[0])
 
     def show_readout(self):
         "Render the read-out of the selected query into `output`."
-        found = self.readout(self.query.value)
-        if not found: self.output.value = '<i>read-out: give memorized captions and query images, and memorize first</i>'; return
-        self.output.value = f'<b>read-out for query {self.query.value}</b><ol>' + ''.join(
-            f'<li>{html.escape(c)} <small>({s:.2f})</small></li>' for c, s in found) + '</ol>'
+        found, claims = self.readout(self.query.value)
+        if not found: self.output.value = '<i>read-out: give query images, and memorize first</i>'; return
+        verdict = 'the memory answers' if claims else 'the model keeps its own answer'
+        self.output.value = f'<b>query {self.query.value}: {verdict}</b><ol>' + ''.join(
+            f'<li>{html.escape(n)} <small>({kind}, {p:.2f})</small></li>' for n, kind, p in found) + '</ol>'
 
     def _ipython_display_(self):
         from IPython.display import display

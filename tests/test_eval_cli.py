@@ -1,4 +1,4 @@
-"""End-to-end checks of `memvlm eval`, `memvlm predict` and `memvlm memorize` on a small random-init checkpoint."""
+"""End-to-end checks of `memvlm eval`, `predict`, `memorize` and `forget` on a small random-init checkpoint."""
 import json
 
 import pytest
@@ -18,7 +18,9 @@ def run_dir(tmp_path_factory):
     digits = load_digits_captions()
     tok = CaptionTokenizer.build([c for caps in digits['train']['captions'] for c in caps])
     save_checkpoint(create_model('memclip-tiny', vocab_size=tok.vocab_size, **TINY), root / 'best', tok, {'epoch': 1})
-    save_checkpoint(create_model('memclip-tiny', vocab_size=tok.vocab_size, episodic_slots=16, **TINY), root / 'episodic', tok)
+    model = create_model('memclip-tiny', vocab_size=tok.vocab_size, **TINY)
+    model.set_memory_prior(torch.nn.functional.normalize(torch.randn(200, 32), dim=-1), torch.arange(10).repeat(20), digits.classnames)
+    save_checkpoint(model, root / 'episodic', tok)  # with base statistics, as memvlm train leaves its checkpoints
     (root / 'history.csv').write_text('epoch,train_loss,val_loss,val_zero_shot_acc\n1,2.3,2.2,0.1\n2,1.9,2.0,0.3\n')
     digits['test'][0]['image'].save(root / 'digit.png')
     write_digits_csv(root / 'few', per_class=2)
@@ -53,13 +55,20 @@ def test_predict_labels_and_texts(memvlm_cli, run_dir, capsys):
     assert lines[0].split()[0] in ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
 
 
-def test_memorize_writes_a_new_checkpoint(memvlm_cli, run_dir, tmp_path):
+def test_memorize_and_forget_write_checkpoints(memvlm_cli, run_dir, tmp_path):
     r = memvlm_cli('memorize', '--checkpoint', str(run_dir / 'episodic'), '--dataset', str(run_dir / 'few' / 'captions.csv'),
                    '--output', 'mem', '--device', 'cpu')
     assert r.returncode == 0, r.stderr
-    assert '20 items' in r.stdout
+    assert '20 examples, 10 new concepts' in r.stdout
     ck = load_checkpoint(tmp_path / 'mem')
-    assert ck.model.episodic.capacity()['items_written'] == 20 and ck.metadata['memorized']['items'] == 20
+    assert ck.model.memory_concepts() == {name: 2 for name in load_digits_captions().classnames}
+    assert ck.metadata['memorized'] == [{'dataset': 'captions', 'items': 20}]
+    r = memvlm_cli('forget', '--checkpoint', 'mem', '--concept', 'three', '--concept', 'five')
+    assert r.returncode == 0 and 'holds 8 concepts' in r.stdout, r.stderr
+    assert set(load_checkpoint(tmp_path / 'mem').model.memory_concepts()) == set(ck.model.memory_concepts()) - {'three', 'five'}
+    r = memvlm_cli('forget', '--checkpoint', 'mem', '--all', '--output', 'empty')
+    assert r.returncode == 0 and load_checkpoint(tmp_path / 'empty').model.memory_concepts() == {}
+    assert len(load_checkpoint(tmp_path / 'mem').model.memory_concepts()) == 8  # --output leaves the checkpoint as it was
 
 
 def test_bad_arguments_exit_2_with_a_message(memvlm_cli, run_dir, capsys):
@@ -71,7 +80,8 @@ def test_bad_arguments_exit_2_with_a_message(memvlm_cli, run_dir, capsys):
              (['predict', '--checkpoint', str(run_dir / 'best'), '--image', str(run_dir / 'history.csv')], 'is not an image'),
              (['predict', '--checkpoint', str(run_dir / 'best'), '--image', 'no/such.png'], "no image file at 'no/such.png'"),
              (['memorize', '--checkpoint', str(run_dir / 'best'), '--dataset', str(run_dir / 'few' / 'captions.csv'), '--output', 'x'],
-              'no episodic memory')]
+              'no base statistics'),
+             (['forget', '--checkpoint', str(run_dir / 'episodic'), '--concept', 'zebra'], "no concept 'zebra'")]
     for args, message in cases:
         assert main(args + ['--device', 'cpu']) == 2, args
         err = capsys.readouterr().err
