@@ -435,6 +435,7 @@ class Trainer:
             self._resume(found)
         self._set_lr()
 
+    @torch.enable_grad()  # a notebook may have switched gradients off for the whole session: training needs them
     def fit(self) -> list[dict]:
         "Train for `config.epochs` epochs (from the last checkpoint if `config.resume`); returns one record per epoch."
         c = self.config

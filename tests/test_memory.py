@@ -136,3 +136,9 @@ def test_cli_walk_memorize_beats_the_probe_and_old_classes_hold(memvlm_cli, tmp_
     print(f"memory {after['memorized_acc_among_memorized']:.3f} (10-way {after['memorized_acc']:.3f}), probe {probe_acc:.3f}, "
           f'old {old_before} -> {old_after} of {len(old_rows)}')
     assert after['memorized_acc_among_memorized'] > probe_acc, (after, probe_acc)
+    # predict answers a memorised example from memory, and says so
+    shot_png = sorted((tmp_path / 'shots' / 'images').glob('seven_*.png'))[0]
+    r = memvlm_cli('predict', '--checkpoint', 'taught', '--image', str(shot_png), '--dataset', str(test), '--device', 'cpu')
+    assert r.returncode == 0, r.stderr
+    first = r.stdout.splitlines()[0]
+    assert first.startswith('seven') and first.endswith('(memory)'), r.stdout
