@@ -389,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument('--concept', action='append', metavar='NAME', help='a concept to forget (repeatable)')
     what.add_argument('--all', action='store_true', help='forget every memorised concept')
     fo.add_argument('--output', metavar='NEWCKPT', help='write the result here instead of in place')
+    fo.add_argument('--device', default='auto', help='device (default: auto)')
     return parser
 
 def _print_summary(run: Run, metrics: dict):
@@ -441,7 +442,7 @@ def _memorize_command(args) -> int:
     return 0
 
 def _forget_command(args) -> int:
-    left = forget_checkpoint(args.checkpoint, None if args.all else args.concept, args.output)
+    left = forget_checkpoint(args.checkpoint, None if args.all else args.concept, args.output, args.device)
     print(f"memvlm forget: the memory holds {len(left)} concepts" + (f" ({', '.join(list(left)[:8])})" if left else '')
           + f'; written to {args.output or args.checkpoint}')
     return 0
