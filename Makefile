@@ -3,13 +3,20 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: train test install install-dev export readme docs docs-check clean
+.PHONY: train test test-oldest install install-dev export readme docs docs-check clean
 
 train: install           ## install memvlm and train memclip-tiny on the bundled digits-captions data
 	$(BIN)/memvlm train
 
 test: install-dev        ## install memvlm with its dev tools and run every notebook and tests/
 	$(BIN)/python -m pytest tests -q
+
+test-oldest:             ## the same tests on the oldest versions memvlm supports (.ci/oldest.txt), in .venv-oldest/
+	test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
+	.venv-oldest/bin/python -m pip install -q --upgrade pip
+	.venv-oldest/bin/python -m pip install -q -c .ci/oldest.txt -e ".[dev]"
+	.venv-oldest/bin/python -m pip check
+	.venv-oldest/bin/python -m pytest tests -q
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
@@ -35,4 +42,4 @@ docs-check: docs         ## check _docs/ in headless Chromium (pages, API entrie
 	$(BIN)/python .ci/check_docs.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info _docs _proc
+	rm -rf $(VENV) .venv-oldest build *.egg-info _docs _proc

@@ -7,7 +7,7 @@ __all__ = ['PRESETS', 'ENV_PREFIX', 'SECTIONS', 'option', 'DataConfig', 'ModelCo
            'preset_config', 'Option', 'config_options', 'ConfigError', 'accepted_values', 'parse_value',
            'update_config', 'env_values', 'apply_env', 'config_to_dict', 'save_config', 'load_config', 'get_config',
            'env_table', 'runtime_environment', 'default_data_dir', 'resolve_output_dir', 'seed_everything',
-           'import_optional']
+           'import_optional', 'requirement_floors', 'check_libraries']
 
 # %% ../nbs/00_config.ipynb #144e7395
 import os
@@ -375,3 +375,39 @@ def import_optional(module: str, package: str, purpose: str):
     import importlib
     try: return importlib.import_module(module)
     except ImportError as e: raise ImportError(f'{purpose} needs {package} ({e}); install it with: pip install {package}') from e
+
+# %% ../nbs/00_config.ipynb #1ce3fc9b
+def requirement_floors() -> dict[str, str]:
+    "The lowest version of each library memvlm needs, from `settings.ini` beside the package (a clone on `sys.path`) or the installed package's metadata."
+    from importlib.metadata import PackageNotFoundError, requires
+    import memvlm
+    ini = Path(memvlm.__file__).resolve().parent.parent / 'settings.ini'
+    if ini.is_file():
+        line = next(l for l in ini.read_text().splitlines() if l.startswith('requirements ='))
+        specs = line.split('=', 1)[1].split()
+    else:
+        try: specs = [r for r in requires('memvlm') or [] if 'extra ==' not in r]
+        except PackageNotFoundError: return {}
+    return {m[1].lower(): m[2] for s in specs if (m := re.match(r'([A-Za-z0-9_.-]+)\s*\(?>=\s*([0-9][^,;)\s]*)', s))}
+
+def check_libraries() -> list[str]:
+    "What is missing, too old or mismatched among the libraries memvlm uses, each with the command that fixes it; empty when all is well."
+    from importlib.metadata import PackageNotFoundError, version
+    from packaging.version import Version
+    problems = []
+    for package, floor in requirement_floors().items():
+        try: have = version(package)
+        except PackageNotFoundError: problems.append(f'{package} is not installed: pip install "{package}>={floor}"'); continue
+        if Version(have) < Version(floor): problems.append(f'{package} {have} is older than memvlm needs ({floor}): pip install -U "{package}>={floor}"')
+    try: open_clip = version('open-clip-torch')
+    except PackageNotFoundError: open_clip = None
+    if open_clip and Version(open_clip) < Version('3.1'):  # the rest of memvlm works with it: only the towers need more
+        problems.append(f'open-clip-torch {open_clip} runs memvlm, but its open_clip towers (text_encoder / vision_encoder '
+                        f'open_clip:...) need 3.1: pip install -U "open-clip-torch>=3.1"')
+    try: import pyarrow  # noqa: F401  datasets needs it; a wheel built for NumPy 2 fails to import beside NumPy 1
+    except ImportError as e:
+        if 'numpy' in str(e).lower():
+            problems.append(f'pyarrow does not load beside numpy {version("numpy")} ({e}): pip install "pyarrow==17.0.0", '
+                            'the version tested with NumPy 1.26, or upgrade numpy')
+        else: problems.append(f'pyarrow does not load ({e}): pip install -U pyarrow')
+    return problems

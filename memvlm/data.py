@@ -495,8 +495,11 @@ def _from_frame(df, name: str, root: Path, columns: Columns, seed: int, cache_di
     where = where or (lambda i: f'row {i}')
     images = _image_values(df[icol], root, cache_dir) if icol else None
     if images is not None and isinstance(df[icol].iloc[0], str):  # several rows may share an image file: one example, many captions
-        df = df.assign(_image=[str(p) if p is not None else f'\0row {i}' for i, p in enumerate(images)])  # failed downloads stay apart
-        groups = list(df.groupby('_image', sort=False).indices.values())
+        groups, group_of = [], {}
+        for i, p in enumerate(images):  # in order of first appearance; each failed download (None) stays apart
+            if p is not None and str(p) in group_of: groups[group_of[str(p)]].append(i); continue
+            if p is not None: group_of[str(p)] = len(groups)
+            groups.append([i])
     else: groups = [[i] for i in range(len(df))]
     first = [g[0] for g in groups]
     caps = [[c for i in g for c in _caption_list(df[ccol].iloc[i])] for g in groups]

@@ -175,7 +175,10 @@ def register_model(name: str, config, model_class: Optional[type] = None):
 def count_parameters(name_or_config) -> int:
     "Parameters of the model `name_or_config` builds, counted without allocating its weights (on the `meta` device)."
     config = model_config(name_or_config)
-    with torch.device('meta'): model = architecture_of(config)(config)
+    try:
+        with torch.device('meta'): model = architecture_of(config)(config)
+    except (RuntimeError, NotImplementedError):  # timm < 1.0.21 reads tensor values in __init__ (`.item()`), which meta tensors lack
+        model = architecture_of(config)(config)  # the same count, from real (CPU) weights
     return sum(p.numel() for p in model.parameters())
 
 def list_models(with_params: bool = False) -> list:

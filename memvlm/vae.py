@@ -154,7 +154,10 @@ class MultimodalVAE(nn.Module):
         ids = torch.full((len(image), 1), self.bos_id, dtype=torch.long, device=image.device)
         done = torch.zeros(len(image), dtype=torch.bool, device=image.device)
         for _ in range(max_new_tokens):
-            nxt = self.caption_decoder(cond, ids)[:, -1].argmax(-1).masked_fill(done, 0)
+            logits = self.caption_decoder(cond, ids)[:, -1]
+            logits[:, [0, 1, self.bos_id]] = -math.inf  # never a second start, nor ids 0 and 1 (padding and unknown in a compact
+            # vocabulary; '!' and '"' in the full one, which captions do without)
+            nxt = logits.argmax(-1).masked_fill(done, 0)
             ids = torch.cat([ids, nxt[:, None]], 1)
             done |= nxt == self.eos_id
             if done.all(): break

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import memvlm.vae  # noqa: F401  registers vae-tiny, so that every registered model is tested
+from memvlm.encoders import open_clip_towers_supported
 from memvlm.config import ConfigError, RunConfig, update_config
 from memvlm.data import CaptionTokenizer, ImageTextDataset, image_transform, load_digits_captions, make_loader
 from memvlm.models import (FusionModel, FusionModelConfig, count_parameters, create_model, list_models, load_checkpoint,
@@ -84,6 +85,7 @@ def test_prepare_run_builds_a_fusion_classifier(tmp_path):
     assert run.model.config.fusion == 'late' and run.model.config.vocab_size == run.tokenizer.vocab_size
 
 
+@pytest.mark.skipif(not open_clip_towers_supported(), reason='open_clip towers need open-clip-torch >= 3.1')
 def test_every_zoo_choice_reaches_the_model_through_prepare_run(tmp_path, digits):
     "A YAML-shaped config picks an open_clip text tower, sparse attention with its window and global tokens, a fusion and its heads."
     import json
