@@ -256,6 +256,7 @@ class ConceptMemory(nn.Module):
                   held_out: Optional[torch.Tensor] = None, held_out_labels: Optional[torch.Tensor] = None) -> dict:
         "Base statistics from the training data's embeddings: one anchor per class of `labels` (named by `names`), or k-means anchors without labels; their within-class covariance is the read's prior. `held_out` embeddings of other base images (e.g. the validation split, with their labels) calibrate the claims; without them the training embeddings do."
         self._check(embeds, 'embeds')
+        if held_out is not None: self._check(held_out, 'held_out')  # before anything changes: a failed call leaves the memory as it was
         x = embeds.detach().double()
         if labels is None: labels = kmeans(x, max(1, min(self.max_anchors, len(x) // 10))).to(x.device)
         labels = torch.as_tensor(labels, device=x.device).long()
@@ -274,7 +275,6 @@ class ConceptMemory(nn.Module):
         self.prior_dof.fill_(dof)
         self.shrinkage.fill_(ledoit_wolf_shrinkage(residuals))
         if held_out is None: held_out, held_out_labels = embeds, labels
-        self._check(held_out, 'held_out')
         keep = torch.arange(len(held_out))
         if len(held_out) > 4096: keep = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(0))[:4096]  # enough for a quantile
         hl = torch.full((len(held_out),), -1, dtype=torch.long) if held_out_labels is None or names is None else torch.as_tensor(held_out_labels).long()
@@ -316,7 +316,7 @@ class ConceptMemory(nn.Module):
         if len(self.concepts) + len(new) > self.max_concepts:
             raise ValueError(f'the memory holds {len(self.concepts)} concepts and takes at most {self.max_concepts}; '
                              f'{len(new)} more do not fit: forget some first')
-        x = embeds.detach().to(self._items.dtype)
+        x = embeds.detach().to(self._items.device, self._items.dtype)
         self._statistics()
         for c in new: self._slot[c] = len(self.concepts); self.concepts.append(c)
         slots = torch.tensor([self._slot[c] for c in concepts], device=x.device)
