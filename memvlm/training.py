@@ -222,12 +222,12 @@ def distributed_loader(loader: torch.utils.data.DataLoader, rank: int, world: in
     return torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size // world, sampler=sampler, num_workers=loader.num_workers,
                                        collate_fn=loader.collate_fn, drop_last=loader.drop_last, pin_memory=loader.pin_memory)
 
-def torchrun_command(nproc: int, args: Sequence[str], module: str = 'memvlm.training') -> list[str]:
+def torchrun_command(nproc: int, args: Sequence[str], module: str = 'memvlm') -> list[str]:
     "The `torchrun` command line (as a list) that runs `python -m module *args` in `nproc` processes on this machine."
     if nproc < 1: raise ValueError(f'nproc={nproc}: expected at least 1 process')
     return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', '-m', module, *map(str, args)]
 
-def launch_distributed(nproc: int, args: Sequence[str], module: str = 'memvlm.training', check: bool = True, **kwargs):
+def launch_distributed(nproc: int, args: Sequence[str], module: str = 'memvlm', check: bool = True, **kwargs):
     "Run `torchrun_command(nproc, args, module)` from a notebook (e.g. Kaggle's 2×T4: `launch_distributed(2, ['train', '--precision', 'fp16'])`)."
     import subprocess
     return subprocess.run(torchrun_command(nproc, args, module), check=check, **kwargs)
@@ -251,8 +251,9 @@ class Trainer:
     def __init__(self, model: nn.Module, train_loader, val_loader=None, config: TrainConfig = TrainConfig(),
                  step_fn: Optional[Callable] = None, evaluate: Optional[Callable[[nn.Module], dict]] = None,
                  monitor: str = 'val_loss', output_dir=None, tokenizer: Optional[CaptionTokenizer] = None,
-                 progress: bool = True, callbacks: Sequence = ()):
+                 progress: bool = True, callbacks: Sequence = (), metadata: Optional[dict] = None):
         self.config, self.evaluate, self.monitor, self.tokenizer = config, evaluate, monitor, tokenizer
+        self.metadata = metadata or {}  # saved with every checkpoint beside the epoch's record (memvlm train: what reloads its data)
         self.step_fn = step_fn if step_fn is not None else ModelStep(config.contrastive_loss, config.task_weighting)
         self.rank, local_rank, self.world = init_distributed()
         self.is_main = self.rank == 0
@@ -324,7 +325,7 @@ class Trainer:
         if not (self.output_dir and self.is_main): return None
         tensors, info = self._state()
         def write(tmp):
-            if hasattr(self.model, 'config'): save_checkpoint(self.model, tmp, self.tokenizer, record)
+            if hasattr(self.model, 'config'): save_checkpoint(self.model, tmp, self.tokenizer, {**self.metadata, **record})
             else: save_model(self.model, str(tmp / 'model.safetensors'))  # a model the registry does not know: weights only
             save_file(tensors, str(tmp / 'trainer_state.safetensors'))
             (tmp / 'trainer_state.json').write_text(json.dumps(info, indent=1))
@@ -476,11 +477,6 @@ class Trainer:
         self._callback('on_fit_end')
         if self.world > 1: dist.barrier()  # every process sees the finished checkpoints before reading them
         return self.history
-
-# %% ../nbs/09_training.ipynb #7d35dcff
-if __name__ == '__main__' and '__file__' in globals():  # run as a program (not in a notebook): the memvlm command line, for torchrun
-    from memvlm.cli import main
-    sys.exit(main())
 
 # %% ../nbs/09_training.ipynb #752769cd
 def plot_history(history: list[dict], path=None):

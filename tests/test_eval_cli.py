@@ -142,3 +142,30 @@ def test_eval_and_predict_make_images_square_as_the_run_did(tmp_path, monkeypatc
         x = image_transform(ck.model.config.image_size, resize=resize)(Image.open(image))[None]
         with torch.no_grad(): return (ck.model.encode_image(x) @ embed_texts(ck.model, ck.tokenizer, [text]).T).item()
     assert similarity == pytest.approx(expected('pad'), abs=1e-5) and similarity != pytest.approx(expected('squash'), abs=1e-5)
+
+
+def test_checkpoints_describe_themselves(memvlm_cli, tmp_path):
+    "A run on a CSV with its own column names evaluates without naming them again; the checkpoint, copied elsewhere with its run"
+    " folder deleted, gives the same metrics and predictions (it records its data options, class names and resize policy)."
+    import pandas as pd
+    import shutil
+    csv = write_digits_csv(tmp_path / 'mine', per_class=10)
+    pd.read_csv(csv).rename(columns={'filepath': 'path', 'caption': 'desc', 'label': 'digit'}).to_csv(tmp_path / 'mine' / 'mine.csv', index=False)
+    r = memvlm_cli('train', '--dataset', 'mine/mine.csv', '--image-key', 'path', '--caption-key', 'desc', '--label-key', 'digit',
+                   '--resize', 'pad', '--epochs', '1', '--vision-depth', '1', '--text-depth', '1', '--output-dir', 'run', '--quiet', '--device', 'cpu')
+    assert r.returncode == 0, r.stderr
+    meta = load_checkpoint(tmp_path / 'run' / 'best').metadata
+    assert meta['data']['image_key'] == 'path' and meta['data']['resize'] == 'pad' and len(meta['classes']) == 10
+    assert meta['data']['dataset'] == str((tmp_path / 'mine' / 'mine.csv').resolve())  # absolute: the checkpoint can move
+    image = str(tmp_path / 'mine' / pd.read_csv(csv)['filepath'][0])
+    def eval_and_predict(ck, out):
+        r = memvlm_cli('eval', '--checkpoint', ck, '--tasks', 'zero_shot,retrieval', '--output-dir', out, '--device', 'cpu')
+        assert r.returncode == 0, r.stderr
+        p = memvlm_cli('predict', '--checkpoint', ck, '--image', image, '--device', 'cpu')
+        assert p.returncode == 0, p.stderr
+        return json.loads((tmp_path / out / 'metrics.json').read_text())['metrics'], p.stdout
+    before = eval_and_predict('run/best/model.safetensors', 'rep1')  # --checkpoint takes the folder or any file in it
+    shutil.copytree(tmp_path / 'run' / 'best', tmp_path / 'elsewhere' / 'ck')
+    shutil.rmtree(tmp_path / 'run')
+    after = eval_and_predict('elsewhere/ck', 'rep2')
+    assert after == before and 'zero_shot_acc' in after[0] and len(after[1].splitlines()) == 3
