@@ -108,7 +108,7 @@ class TrainConfig:
     task_weighting: Literal['sum', 'uncertainty'] = option('sum', "How a model's several loss terms combine: plain `sum` or learned `uncertainty` weighting (Kendall et al.).")
     max_bad_steps: int = option(10, "Steps in a row with a non-finite loss or gradient (each skipped and logged) after which training stops, keeping the last good checkpoint.", min=1)
     early_stopping: int = option(0, "Stop after this many epochs without improvement of the monitored metric; 0: never.", min=0)
-    resume: bool = option(False, "Continue from the `last` checkpoint in the output folder (weights, optimiser, schedule, data order and random state).")
+    resume: str = option('false', "Where training continues from (weights, optimiser, schedule, data order and random state): `latest` or `true`, the `last` checkpoint in the output folder; a checkpoint folder, or any file in it; `false`, start afresh.", accepted="latest, true, false, or the path of a checkpoint folder (or a file in it)", booleans=True)
     logger: Literal['csv', 'tensorboard', 'wandb'] = option('csv', "Where metrics go besides `history.csv` and `steps.csv`: `tensorboard` (runs under output_dir/tensorboard) or `wandb` (needs `pip install wandb` and a login).")
     double_loop: bool = option(False, "Switch on the double-loop meta-controller: an LSTM that watches loss, accuracy and gradient norm and scales the learning rate.")
     double_loop_interval: int = option(10, "Optimiser steps between two decisions of the double-loop controller.", min=1)
@@ -242,6 +242,7 @@ def parse_value(opt: Option, raw: Any, source: str) -> Any:
         except (TypeError, ValueError): raise bad from None
         if not np.isfinite(value): raise bad
     elif tp is str:
+        if isinstance(raw, bool) and opt.checks.get('booleans'): return str(raw).lower()  # YAML's `resume: true`
         if not isinstance(raw, str): raise bad
         value = text
         if 'pattern' in opt.checks and not re.fullmatch(opt.checks['pattern'], value): raise bad

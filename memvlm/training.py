@@ -331,6 +331,17 @@ class Trainer:
             (tmp / 'trainer_state.json').write_text(json.dumps(info, indent=1))
         return atomic_folder(self.output_dir / name, write)
 
+    def _resume_from(self) -> Optional[Path]:
+        "The checkpoint `config.resume` names: None (start afresh), `last` of the output folder (`latest`/`true`), or a folder or file."
+        r = str(self.config.resume).strip()  # True and False from Python read as 'True' and 'False'
+        if r.lower() in ('', 'false', 'no', 'off', '0'): return None
+        latest = r.lower() in ('latest', 'true', 'yes', 'on', '1')
+        folder = (self.output_dir / 'last' if self.output_dir else None) if latest else Path(r)
+        if folder is not None and folder.is_file(): folder = folder.parent
+        found = find_checkpoint(folder) if folder is not None else None
+        if found is None: raise FileNotFoundError(f'resume={self.config.resume!r}, but there is no complete checkpoint in {folder} to resume from')
+        return found
+
     def _resume(self, folder: Path):
         load_model(self.model, str(folder / 'model.safetensors'), strict=True, device=str(self.device))
         tensors, info = load_file(str(folder / 'trainer_state.safetensors')), json.loads((folder / 'trainer_state.json').read_text())
@@ -430,10 +441,8 @@ class Trainer:
         self.ddp_model = self.model
         if self.world > 1:
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
-        if c.resume:
-            found = find_checkpoint(self.output_dir / 'last') if self.output_dir else None
-            if found is None: raise FileNotFoundError(f'resume=True, but there is no complete checkpoint in {self.output_dir}/last to resume from')
-            self._resume(found)
+        found = self._resume_from()
+        if found is not None: self._resume(found)
         self._set_lr()
 
     @torch.enable_grad()  # a notebook may have switched gradients off for the whole session: training needs them
@@ -447,7 +456,8 @@ class Trainer:
             if hasattr(self.train_loader.dataset, 'set_epoch'): self.train_loader.dataset.set_epoch(self.epoch)
             if isinstance(getattr(self.train_loader, 'sampler', None), torch.utils.data.DistributedSampler): self.train_loader.sampler.set_epoch(self.epoch)
             self.ddp_model.train()
-            bar = tqdm(self.train_loader, desc=f'epoch {self.epoch + 1}/{c.epochs}', leave=False, disable=not self.progress)
+            bar = tqdm(self.train_loader, desc=f'epoch {self.epoch + 1}/{c.epochs}', leave=False, disable=not self.progress,
+                       mininterval=0.1 if sys.stderr.isatty() else 30)  # a log file or a notebook's `!memvlm train`: a line every 30 s, not ten a second
             losses, logs = self._run_epoch(bar)
             record = {'epoch': self.epoch + 1, 'step': self.step, 'lr': self.optimizer.param_groups[0]['lr'],
                       'train_loss': sum(losses) / len(losses) if losses else float('nan'), **logs}

@@ -233,7 +233,7 @@ def _steps_in_epoch(steps_csv: Path, epoch: int) -> int:
 
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, clean_env, capsys):
-    "SIGKILL in epoch 2 of 3 (after the epoch-1 checkpoint), `--resume true`: the same weights as a run never interrupted."
+    "SIGKILL in epoch 2 of 3 (after the epoch-1 checkpoint), `--resume latest`: the same weights as a run never interrupted."
     args = ['train', '--epochs', '3', '--batch-size', '64', *TINY]
     clean_env.setenv('WANDB_API_KEY', SECRET)
     # every run in a fresh process of its own: a process that ran other tests first may pick other kernels (1e-4 apart)
@@ -253,7 +253,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, cl
         if proc.poll() is None: proc.kill(); proc.wait()
     state = json.loads((find_checkpoint(tmp_path / 'killed' / 'last') / 'trainer_state.json').read_text())
     assert 1 <= state['epoch'] < 3, state['epoch']  # killed mid-run, after a checkpoint
-    train_fresh('--output-dir', 'killed', '--resume', 'true')
+    train_fresh('--output-dir', 'killed', '--resume', 'latest')
     a, b = load_file(str(tmp_path / 'straight' / 'last' / 'model.safetensors')), load_file(str(tmp_path / 'killed' / 'last' / 'model.safetensors'))
     assert a.keys() == b.keys()
     for k in a: assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), f'{k} differs by {(a[k] - b[k]).abs().max():.2e}'

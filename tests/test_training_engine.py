@@ -98,9 +98,26 @@ def test_resume_gives_identical_weights(tmp_path, cfg):
     assert len((tmp_path / 'b' / 'steps.csv').read_text().splitlines()) == 1 + 8 // cfg.get('accumulation_steps', 1)  # both halves, one header
 
 
+def test_resume_takes_latest_or_a_checkpoint_path(tmp_path):
+    "`latest` is the output folder's `last`; a checkpoint folder, or any file in it, can also be named (e.g. a copy moved elsewhere)."
+    import shutil
+    straight, _ = _clip_run(tmp_path / 'a')
+    _clip_run(tmp_path / 'b', stop_after=1)
+    shutil.copytree(tmp_path / 'b' / 'last', tmp_path / 'saved')
+    for resume, folder in (('latest', 'b'), (str(tmp_path / 'saved' / 'model.safetensors'), 'c')):
+        resumed, trainer = _clip_run(tmp_path / folder, resume=resume)
+        assert trainer.resumed and [r['epoch'] for r in trainer.history][-1] == 2, resume
+        for (name, p), q in zip(straight.named_parameters(), resumed.parameters()): assert torch.equal(p, q), (resume, name)
+    assert not _clip_run(tmp_path / 'd', resume='false')[1].resumed
+    from memvlm.config import RunConfig, update_config
+    assert update_config(RunConfig(), {'train': {'resume': True}}).train.resume == 'true'  # YAML's `resume: true`
+
+
 def test_resume_without_checkpoint_fails(tmp_path):
     with pytest.raises(FileNotFoundError, match='no complete checkpoint'):
         _clip_run(tmp_path / 'empty', resume=True)
+    with pytest.raises(FileNotFoundError, match='no complete checkpoint'):
+        _clip_run(tmp_path / 'empty', resume=str(tmp_path / 'nowhere'))
 
 
 def test_ddp_two_processes_match_one(tmp_path):
