@@ -250,14 +250,15 @@ def label_names(ck: Checkpoint, checkpoint, dataset: Optional[str] = None) -> La
     answers = answer_classes(data['train']) if dc is not None and dc.task == 'vqa' and dataset is None else None
     return LabelNames(f'dataset {data.name!r}', data.classnames, data.class_prompts, data.tagnames, answers)
 
+def _folder(checkpoint) -> Path:
+    "A checkpoint's folder, from the folder or any file in it."
+    return Path(checkpoint).parent if Path(checkpoint).is_file() else Path(checkpoint)
+
 def _load(checkpoint, device) -> Checkpoint:
     "A checkpoint from its folder or any file in it, with the tokenizer it was trained with."
-    folder = Path(checkpoint).parent if Path(checkpoint).is_file() else Path(checkpoint)
-    ck = load_checkpoint(folder, device)
+    ck = load_checkpoint(_folder(checkpoint), device)
     if ck.tokenizer is None: raise ValueError(f'{checkpoint} has no tokenizer saved with it; memvlm needs the one the model was trained with')
     return ck
-
-def _folder(checkpoint) -> Path: return Path(checkpoint).parent if Path(checkpoint).is_file() else Path(checkpoint)
 
 def evaluate_checkpoint(checkpoint, dataset: Optional[str] = None, output_dir=None, split: str = 'test', device: str = 'auto',
                         tasks: Optional[list] = None, batch_size: int = 256) -> tuple[dict, Path]:

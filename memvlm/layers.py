@@ -203,12 +203,9 @@ class SwiGLU(GLU):
     "GLU with a SiLU (swish) gate, as in LLaMA; pass hidden_dim ≈ 2/3 of an MLP's to keep the parameter count."
     def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0): super().__init__(dim, hidden_dim, dropout, act=F.silu)
 
-class RMSNorm(nn.Module):
-    "x / rms(x) · g: LayerNorm without centring or bias (Zhang & Sennrich 2019)."
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
-    def forward(self, x): return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+def RMSNorm(dim: int, eps: float = 1e-6) -> nn.Module:
+    "x / rms(x) · g: LayerNorm without centring or bias (Zhang & Sennrich 2019); torch's own `nn.RMSNorm` (fused kernels where torch has them)."
+    return nn.RMSNorm(dim, eps=eps)
 
 class ScaleNorm(nn.Module):
     "g · x / ‖x‖ with one learned scalar g, initialised to √dim (Nguyen & Salazar 2019)."

@@ -215,6 +215,7 @@ def create_model(name_or_config='memclip-tiny', **overrides) -> nn.Module:
 
 # %% ../nbs/07_models.ipynb #ed7611d3
 from dataclasses import is_dataclass
+from typing import get_type_hints
 @dataclass
 class Checkpoint:
     "What `load_checkpoint` returns."
@@ -240,11 +241,10 @@ def save_checkpoint(model: nn.Module, folder, tokenizer: Optional[CaptionTokeniz
 
 def _config_from_dict(config_class: type, d: dict):
     "Rebuild a (possibly nested) config dataclass from `asdict` output."
-    kwargs = {}
+    kwargs, types = {}, get_type_hints(config_class)  # resolves annotations written as strings, without eval
     for f in fields(config_class):
         if f.name not in d: continue
-        v, t = d[f.name], f.type
-        if isinstance(t, str): t = eval(t, globals())  # annotations may be strings
+        v, t = d[f.name], types.get(f.name, f.type)
         kwargs[f.name] = _config_from_dict(t, v) if isinstance(v, dict) and is_dataclass(t) else v
     return config_class(**kwargs)
 

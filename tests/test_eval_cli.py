@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from memvlm.data import CaptionTokenizer, load_digits_captions, write_digits_csv
-from memvlm.cli import main
+from memvlm.cli import describe_run, main
+from memvlm.config import RunConfig
 from memvlm.models import create_model, load_checkpoint, save_checkpoint
 
 TINY = dict(vision_depth=1, text_depth=1, vision_width=64, text_width=64, embed_dim=32)
@@ -17,10 +18,12 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp('run')
     digits = load_digits_captions()
     tok = CaptionTokenizer.build([c for caps in digits['train']['captions'] for c in caps])
-    save_checkpoint(create_model('memclip-tiny', vocab_size=tok.vocab_size, **TINY), root / 'best', tok, {'epoch': 1})
+    described = describe_run(RunConfig(), digits)  # what memvlm train records: the data options and class names
+    save_checkpoint(create_model('memclip-tiny', vocab_size=tok.vocab_size, **TINY), root / 'best', tok, {'epoch': 1, **described})
+    save_checkpoint(create_model('memclip-tiny', vocab_size=tok.vocab_size, **TINY), root / 'undescribed', tok, {'epoch': 1})
     model = create_model('memclip-tiny', vocab_size=tok.vocab_size, **TINY)
     model.set_memory_prior(torch.nn.functional.normalize(torch.randn(200, 32), dim=-1), torch.arange(10).repeat(20), digits.classnames)
-    save_checkpoint(model, root / 'episodic', tok)  # with base statistics, as memvlm train leaves its checkpoints
+    save_checkpoint(model, root / 'episodic', tok, described)  # with base statistics, as memvlm train leaves its checkpoints
     (root / 'history.csv').write_text('epoch,train_loss,val_loss,val_zero_shot_acc\n1,2.3,2.2,0.1\n2,1.9,2.0,0.3\n')
     digits['test'][0]['image'].save(root / 'digit.png')
     write_digits_csv(root / 'few', per_class=2)
@@ -81,7 +84,8 @@ def test_bad_arguments_exit_2_with_a_message(memvlm_cli, run_dir, capsys):
              (['predict', '--checkpoint', str(run_dir / 'best'), '--image', 'no/such.png'], "no image file at 'no/such.png'"),
              (['memorize', '--checkpoint', str(run_dir / 'best'), '--dataset', str(run_dir / 'few' / 'captions.csv'), '--output', 'x'],
               'no base statistics'),
-             (['forget', '--checkpoint', str(run_dir / 'episodic'), '--concept', 'zebra'], "no concept 'zebra'")]
+             (['forget', '--checkpoint', str(run_dir / 'episodic'), '--concept', 'zebra'], "no concept 'zebra'"),
+             (['eval', '--checkpoint', str(run_dir / 'undescribed')], 'name the dataset with --dataset')]  # never a default dataset
     for args, message in cases:
         assert main(args + ['--device', 'cpu']) == 2, args
         err = capsys.readouterr().err
