@@ -17,7 +17,7 @@ import time
 
 
 def run(seed: int, epochs: int, double_loop: bool, interval: int, device: str) -> dict:
-    from memvlm.cli import train
+    from memvlm.recipes import train
     from memvlm.config import RunConfig, update_config
     with tempfile.TemporaryDirectory() as out:
         cfg = update_config(RunConfig(), {'seed': seed, 'epochs': epochs, 'output_dir': out, 'device': device,

@@ -21,7 +21,7 @@ import torch
 
 
 def run_memvlm(seed: int) -> dict:
-    from memvlm.cli import train
+    from memvlm.recipes import train
     from memvlm.config import RunConfig, update_config
     with tempfile.TemporaryDirectory() as out:
         cfg = update_config(RunConfig(), {'seed': seed, 'output_dir': out, 'device': 'cpu'})

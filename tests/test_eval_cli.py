@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from memvlm.data import CaptionTokenizer, load_digits_captions, write_digits_csv
-from memvlm.cli import describe_run, main
+from memvlm.cli import main
+from memvlm.recipes import describe_run
 from memvlm.config import RunConfig
 from memvlm.models import create_model, load_checkpoint, save_checkpoint
 
@@ -124,7 +125,7 @@ def test_eval_and_predict_make_images_square_as_the_run_did(tmp_path, monkeypatc
     "A run trained with `--resize pad` on wide images is evaluated and queried with padded images too, not squashed ones."
     import os
     from PIL import Image
-    from memvlm.cli import predict
+    from memvlm.recipes import predict
     from memvlm.data import image_transform
     from memvlm.evaluation import embed_texts
     for k in [k for k in os.environ if k.startswith('MEMVLM_')]: monkeypatch.delenv(k)

@@ -1,5 +1,5 @@
 """memvlm's modules import one way: each only from the modules before it in `ORDER` (config, then data, the building
-blocks, models, losses, the training engine, evaluation, and the command line last). A module that reaches forward, even
+blocks, models, losses, the training engine, evaluation, the recipes and the command line last). A module that reaches forward, even
 inside a function, fails here; a new module must be given its place."""
 import ast
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 
 LIB = Path(__file__).resolve().parent.parent / 'memvlm'
 ORDER = ['config', 'data', 'layers', 'encoders', 'memory', 'fusion', 'heads', 'models', 'vae', 'losses', 'double_loop',
-         'training', 'evaluation', 'widgets', 'cli', '__main__']
+         'training', 'evaluation', 'widgets', 'recipes', 'cli', '__main__']
 MODULES = sorted(p.stem for p in LIB.glob('*.py') if p.stem not in ('__init__', '_modidx'))
 
 

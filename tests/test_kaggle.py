@@ -83,7 +83,7 @@ def test_the_simulated_image_lacks_open_clip_and_nbdev_and_imports_memvlm_from_t
     code = (f"import importlib.util as u, sys\n"
             f"print([m for m in ('open_clip', 'nbdev', 'execnb', 'sacrebleu', 'memvlm') if u.find_spec(m) is not None])\n"
             f"sys.path.append({str(ROOT)!r})\n"
-            f"import memvlm.cli, memvlm.evaluation, memvlm.models, memvlm.training, memvlm.data\n"
+            f"import memvlm.cli, memvlm.recipes, memvlm.evaluation, memvlm.models, memvlm.training, memvlm.data\n"
             f"print(memvlm.__file__)\n"
             f"try: memvlm.data.CaptionTokenizer.build(['a digit'])\n"
             f"except ImportError as e: print(e)\n")

@@ -77,7 +77,7 @@ def test_bad_choices_fail_with_what_is_accepted():
 
 
 def test_prepare_run_builds_a_fusion_classifier(tmp_path):
-    from memvlm.cli import prepare_run
+    from memvlm.recipes import prepare_run
     cfg = update_config(RunConfig(), {'model': {'model': 'seed-mnist-concat', 'fusion': 'late'},
                                       'train': {'device': 'cpu'}, 'output_dir': str(tmp_path / 'out')})
     run = prepare_run(cfg)
@@ -90,7 +90,7 @@ def test_every_zoo_choice_reaches_the_model_through_prepare_run(tmp_path, digits
     "A YAML-shaped config picks an open_clip text tower, sparse attention with its window and global tokens, a fusion and its heads."
     import json
     import open_clip
-    from memvlm.cli import prepare_run
+    from memvlm.recipes import prepare_run
     from memvlm.encoders import OpenCLIPTextEncoder
     tiny = {'embed_dim': 32, 'vision_cfg': {'image_size': 32, 'layers': 1, 'width': 64, 'patch_size': 8},
             'text_cfg': {'context_length': 16, 'vocab_size': 49408, 'width': 64, 'heads': 4, 'layers': 1}}

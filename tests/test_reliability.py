@@ -372,8 +372,8 @@ def test_unwritable_or_full_output_folder_fails_before_training(tmp_path, clean_
         err = capsys.readouterr().err
         assert f"output folder '{bad}' is not writable" in err and 'Traceback' not in err, err
     import shutil
-    import memvlm.cli as cli
-    monkeypatch.setattr(cli.shutil, 'disk_usage', lambda p: shutil._ntuple_diskusage(10 ** 9, 10 ** 9 - 1000, 1000), raising=False)
+    import memvlm.recipes as recipes
+    monkeypatch.setattr(recipes.shutil, 'disk_usage', lambda p: shutil._ntuple_diskusage(10 ** 9, 10 ** 9 - 1000, 1000), raising=False)
     assert main(['train', '--output-dir', str(tmp_path / 'full'), '--epochs', '1', *TINY]) == 2
     err = capsys.readouterr().err
     assert 'free' in err and 'Traceback' not in err, err

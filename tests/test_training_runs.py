@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from memvlm.cli import train
+from memvlm.recipes import train
 from memvlm.config import RunConfig, update_config
 
 TINY = {'epochs': 2, 'vision_depth': 1, 'text_depth': 1, 'device': 'cpu'}
