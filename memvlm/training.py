@@ -447,46 +447,65 @@ class Trainer:
 
     @torch.enable_grad()  # a notebook may have switched gradients off for the whole session: training needs them
     def fit(self) -> list[dict]:
-        "Train for `config.epochs` epochs (from the last checkpoint if `config.resume`); returns one record per epoch."
-        c = self.config
+        "Train for `config.epochs` epochs (from the checkpoint `config.resume` names, if any); returns one record per epoch."
         self._setup()
         self._callback('on_fit_start')
         start = time.time() - (self.history[-1]['seconds'] if self.history else 0.0)
-        while self.epoch < c.epochs and not self.should_stop:
-            if hasattr(self.train_loader.dataset, 'set_epoch'): self.train_loader.dataset.set_epoch(self.epoch)
-            if isinstance(getattr(self.train_loader, 'sampler', None), torch.utils.data.DistributedSampler): self.train_loader.sampler.set_epoch(self.epoch)
-            self.ddp_model.train()
-            bar = tqdm(self.train_loader, desc=f'epoch {self.epoch + 1}/{c.epochs}', leave=False, disable=not self.progress,
-                       mininterval=0.1 if sys.stderr.isatty() else 30)  # a log file or a notebook's `!memvlm train`: a line every 30 s, not ten a second
-            losses, logs = self._run_epoch(bar)
-            record = {'epoch': self.epoch + 1, 'step': self.step, 'lr': self.optimizer.param_groups[0]['lr'],
-                      'train_loss': sum(losses) / len(losses) if losses else float('nan'), **logs}
-            if self.skipped_steps: record['skipped_steps'] = self.skipped_steps
-            if self.val_loader is not None: record['val_loss'] = self.validation_loss()
-            if self.evaluate is not None: record.update(self.evaluate(self.model.eval()))
-            record['seconds'] = time.time() - start
-            if self.monitor not in record:
-                raise KeyError(f'monitor={self.monitor!r} is not among the logged values: {", ".join(record)}')
+        while self.epoch < self.config.epochs and not self.should_stop:
+            losses, logs = self._run_epoch(self._epoch_batches())
+            record = self._epoch_record(losses, logs, start)
             self.history.append(record)
             self.epoch += 1
-            improved = self._better(record[self.monitor])
-            if improved: self.best, self.epochs_since_best = record[self.monitor], 0
-            else: self.epochs_since_best += 1
-            if isinstance(self.scheduler, PlateauLRScheduler):
-                for g in self.optimizer.param_groups: g['lr'] = g['scheduled_lr']
-                self.scheduler.step(self.epoch, record[self.monitor])
-                for g in self.optimizer.param_groups: g['scheduled_lr'] = g['lr']; g['lr'] *= self.lr_scale
-            if c.early_stopping and self.epochs_since_best >= c.early_stopping:
-                self.should_stop = True
-                if self.progress: tqdm.write(f'early stopping: {self.monitor} has not improved for {self.epochs_since_best} epochs (best {self.best:.4g})')
+            improved = self._track_best(record[self.monitor])
+            self._step_plateau(record[self.monitor])
+            self._check_early_stopping()
             self._callback('on_epoch_end', record)
             if improved: self.save('best', record)
             self.save('last', record)  # after everything that draws random numbers, so a resume continues exactly here
-            if self.progress:
-                tqdm.write(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in record.items()))
+            if self.progress: tqdm.write(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in record.items()))
         self._callback('on_fit_end')
         if self.world > 1: dist.barrier()  # every process sees the finished checkpoints before reading them
         return self.history
+
+    def _epoch_batches(self):
+        "This epoch's batches (the data order depends on the epoch, for an exact resume), behind a progress bar."
+        loader = self.train_loader
+        if hasattr(loader.dataset, 'set_epoch'): loader.dataset.set_epoch(self.epoch)
+        if isinstance(getattr(loader, 'sampler', None), torch.utils.data.DistributedSampler): loader.sampler.set_epoch(self.epoch)
+        self.ddp_model.train()
+        return tqdm(loader, desc=f'epoch {self.epoch + 1}/{self.config.epochs}', leave=False, disable=not self.progress,
+                    mininterval=0.1 if sys.stderr.isatty() else 30)  # a log file or a notebook's `!memvlm train`: a line every 30 s
+
+    def _epoch_record(self, losses: list, logs: dict, start: float) -> dict:
+        "The epoch's record: train loss, validation loss and scores, time; the monitored value must be among them."
+        record = {'epoch': self.epoch + 1, 'step': self.step, 'lr': self.optimizer.param_groups[0]['lr'],
+                  'train_loss': sum(losses) / len(losses) if losses else float('nan'), **logs}
+        if self.skipped_steps: record['skipped_steps'] = self.skipped_steps
+        if self.val_loader is not None: record['val_loss'] = self.validation_loss()
+        if self.evaluate is not None: record.update(self.evaluate(self.model.eval()))
+        record['seconds'] = time.time() - start
+        if self.monitor not in record: raise KeyError(f'monitor={self.monitor!r} is not among the logged values: {", ".join(record)}')
+        return record
+
+    def _track_best(self, value: float) -> bool:
+        "Whether `value` of the monitored score is the best so far (and remember it)."
+        improved = self._better(value)
+        if improved: self.best, self.epochs_since_best = value, 0
+        else: self.epochs_since_best += 1
+        return improved
+
+    def _step_plateau(self, value: float):
+        "The plateau schedule steps once an epoch, on the monitored value; the warmup/double-loop scale stays on top of it."
+        if not isinstance(self.scheduler, PlateauLRScheduler): return
+        for g in self.optimizer.param_groups: g['lr'] = g['scheduled_lr']
+        self.scheduler.step(self.epoch, value)
+        for g in self.optimizer.param_groups: g['scheduled_lr'] = g['lr']; g['lr'] *= self.lr_scale
+
+    def _check_early_stopping(self):
+        c = self.config
+        if c.early_stopping and self.epochs_since_best >= c.early_stopping:
+            self.should_stop = True
+            if self.progress: tqdm.write(f'early stopping: {self.monitor} has not improved for {self.epochs_since_best} epochs (best {self.best:.4g})')
 
 # %% ../nbs/09_training.ipynb #752769cd
 def plot_history(history: list[dict], path=None):
