@@ -424,7 +424,7 @@ class Trainer:
                                            'No checkpoint was written yet.') + ' Try a lower lr, precision=bf16 instead of fp16, or grad_clip.')
             else:
                 self.bad_steps = 0; losses.append(record['loss'])
-            if self.progress: bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
+            if self.progress: bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", refresh=False)  # the bar redraws at its own pace
         return losses, {k: v for k, v in record.items() if k not in ('step', 'epoch', 'loss', 'lr', 'grad_norm', 'skipped')}
 
     def _setup(self):
