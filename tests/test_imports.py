@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 LIB = Path(__file__).resolve().parent.parent / 'memvlm'
-ORDER = ['config', 'data', 'layers', 'encoders', 'memory', 'fusion', 'heads', 'models', 'vae', 'losses', 'double_loop',
+ORDER = ['tasks', 'config', 'data', 'layers', 'encoders', 'memory', 'fusion', 'losses', 'heads', 'models', 'vae', 'double_loop',
          'training', 'evaluation', 'widgets', 'recipes', 'cli', '__main__']
 MODULES = sorted(p.stem for p in LIB.glob('*.py') if p.stem not in ('__init__', '_modidx'))
 
