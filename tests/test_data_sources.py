@@ -1,5 +1,5 @@
 """Every data source `memvlm.data.get_dataset` reads, on small data each test writes itself, and `memvlm train --dataset`
-end to end on the local formats. The hub is never reached: `memvlm.data._hub_load` is replaced by a local copy."""
+end to end on the local formats. The hub is never reached: `memvlm.sources._hub_load` is replaced by a local copy."""
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import memvlm.data as D
+import memvlm.sources as S
 from memvlm.config import DataConfig
 from memvlm.data import (Columns, CaptionTokenizer, ImageTextDataset, ModalityDropout, collate, get_dataset,
                          image_transform, write_digits_csv)
@@ -128,7 +129,7 @@ def test_hub_presets_through_a_local_copy(sources, monkeypatch):
     asked = []
     def hub(name, config=None, split=None, streaming=False, cache_dir=None):
         asked.append(name); return local_hub(sources / 'saved')(name, config, split, streaming, cache_dir)
-    monkeypatch.setattr(D, '_hub_load', hub)
+    monkeypatch.setattr(S, '_hub_load', hub)
     for preset in ('mnist-captions', 'animal-faces-captions', 'hf:someone/captions'):
         assert n_examples(get_dataset(preset)) == 40
     assert asked == ['kishore-s-15/mnist-qwen2.5-2B-captions', 'kishore-s-15/animal-faces-captioned', 'someone/captions']
@@ -138,7 +139,7 @@ def test_hub_presets_through_a_local_copy(sources, monkeypatch):
     narratives = datasets.Dataset.from_dict({'image': [Image.open(p) for p in pngs], 'image_id': [p.stem for p in pngs],
                                              'caption': [f'In this picture we can see the digit {p.stem}.' for p in pngs],
                                              'voice_recording': [f'{p.stem}.ogg' for p in pngs]}).cast_column('image', datasets.Image())
-    monkeypatch.setattr(D, '_hub_load', lambda *a, **k: narratives)
+    monkeypatch.setattr(S, '_hub_load', lambda *a, **k: narratives)
     ln = get_dataset('localized-narratives')
     assert n_examples(ln) == 8 and ln['train'][0]['captions'][0].startswith('In this picture we can see the digit')
 
@@ -147,7 +148,7 @@ def test_url_presets_download_boundedly_and_resume(sources, tmp_path, monkeypatc
     pngs = sorted((sources / 'csv' / 'images').glob('*.png'))[:20]
     urls = [p.as_uri() for p in pngs[:18]] + [(tmp_path / 'gone-1.png').as_uri(), (tmp_path / 'gone-2.png').as_uri()]
     table = datasets.Dataset.from_dict({'image_url': urls, 'caption': [f'photo {i}' for i in range(20)]})
-    monkeypatch.setattr(D, '_hub_load', lambda *a, **k: table)
+    monkeypatch.setattr(S, '_hub_load', lambda *a, **k: table)
     cache = tmp_path / 'cache'
     data = get_dataset('conceptual-captions', cache_dir=cache, max_skip_fraction=0.2)
     assert n_examples(data) == 18 and data.skips.counts['undecodable image'] == 2
@@ -157,20 +158,20 @@ def test_url_presets_download_boundedly_and_resume(sources, tmp_path, monkeypatc
     assert D.download_images([copy.as_uri()], cache) == first  # cached: a rerun resumes without fetching again
     karpathy = datasets.Dataset.from_dict({'url': urls[:18], 'sentences': [[{'raw': f'a digit {i}'}, {'raw': 'another'}] for i in range(18)],
                                            'split': ['train'] * 12 + ['val'] * 3 + ['test'] * 3})
-    monkeypatch.setattr(D, '_hub_load', lambda *a, **k: karpathy)
+    monkeypatch.setattr(S, '_hub_load', lambda *a, **k: karpathy)
     coco = get_dataset('coco-captions', cache_dir=cache)
     assert {k: len(v) for k, v in coco.splits.items()} == {'train': 12, 'validation': 3, 'test': 3}
     assert coco['train'][0]['captions'] == ['a digit 0', 'another']
 
 
 def test_text_corpus_vqa_and_task_datasets(sources, monkeypatch):
-    monkeypatch.setattr(D, '_hub_load', lambda *a, **k: datasets.Dataset.from_dict({'text': [f'line {i} of a story' for i in range(20)]}))
+    monkeypatch.setattr(S, '_hub_load', lambda *a, **k: datasets.Dataset.from_dict({'text': [f'line {i} of a story' for i in range(20)]}))
     corpus = get_dataset('babylm')
     assert corpus['train'].column_names == ['captions']
     pngs = sorted((sources / 'csv' / 'images').glob('*.png'))
     vqa_table = datasets.Dataset.from_dict({'image': [Image.open(p) for p in pngs], 'question': ['which digit?'] * len(pngs),
                                             'multiple_choice_answer': [p.name.split('_')[0] for p in pngs]})
-    monkeypatch.setattr(D, '_hub_load', lambda *a, **k: vqa_table.cast_column('image', datasets.Image()))
+    monkeypatch.setattr(S, '_hub_load', lambda *a, **k: vqa_table.cast_column('image', datasets.Image()))
     vqa = get_dataset('vqa')
     tok = CaptionTokenizer.build(['which digit?', 'a handwritten digit'] + [f'line {i} of a story' for i in range(20)])
     train = ImageTextDataset(vqa['train'], tok, image_transform(16), task='vqa')
