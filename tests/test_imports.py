@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 LIB = Path(__file__).resolve().parent.parent / 'memvlm'
-ORDER = ['tasks', 'config', 'data', 'layers', 'encoders', 'memory', 'fusion', 'losses', 'heads', 'models', 'vae', 'double_loop',
-         'training', 'evaluation', 'widgets', 'recipes', 'cli', '__main__']
+ORDER = ['tasks', 'config', 'images', 'bundled', 'sources', 'tokenizer', 'transforms', 'data', 'layers', 'encoders',
+         'memory', 'fusion', 'losses', 'heads', 'models', 'vae', 'double_loop',
+         'engine', 'training', 'evaluation', 'widgets', 'recipes', 'cli', '__main__']
 MODULES = sorted(p.stem for p in LIB.glob('*.py') if p.stem not in ('__init__', '_modidx'))
 
 
