@@ -22,6 +22,8 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 import numpy as np
 import yaml
 
+from .tasks import TASK_ACCEPTED, TASK_PATTERN
+
 # %% ../nbs/00_config.ipynb #606b51cb
 def option(default, help: str, **checks):
     "A dataclass field with a help text and optional checks (`min`, `max`, `pattern`, `accepted`)."
@@ -84,10 +86,7 @@ class DataConfig:
         "`classification` (the label column), `regression` (value), `multilabel` (tags), or several of these and "
         "`contrastive` (an image-text alignment term) joined by `+`, e.g. `classification+regression`. Fusion models "
         "given `retrieval` classify.",
-        pattern=r'retrieval|captioning|vqa|(classification|regression|multilabel|contrastive)'
-                r'(\+(classification|regression|multilabel|contrastive))*',
-        accepted='retrieval, captioning, vqa, classification, regression, multilabel, or several of classification, '
-                 'regression, multilabel, contrastive joined by +')
+        pattern=TASK_PATTERN, accepted=TASK_ACCEPTED)
     modality_dropout: float = option(
         0.0, "Probability that a training sample loses its image and, independently, its text (zeroed; "
         "`has_image`/`has_text` flags in the batch).", min=0.0, max=1.0)
@@ -109,7 +108,9 @@ class DataConfig:
 # %% ../nbs/00_config.ipynb #b1d0a001
 @dataclass
 class ModelConfig:
-    "Which architecture to build; empty sizes keep the registered architecture's own."
+    """Which architecture to build, and the options that change it. Each option is a field of the architecture's
+    config (`memvlm.models`), under the same name, and is checked there: one the chosen architecture lacks is an error
+    that lists the ones it has. Empty: the architecture's own value."""
     model: str = option('memclip-tiny', "Architecture name from the model registry (`memvlm.models.list_models()`).")
     memory_tokens: Optional[int] = option(None, "Learnable memory tokens prepended to the vision sequence.", min=0)
     embed_dim: Optional[int] = option(None, "Width of the joint image-text embedding.", min=1)
@@ -117,11 +118,11 @@ class ModelConfig:
     vision_depth: Optional[int] = option(None, "Blocks in the vision transformer.", min=1)
     text_width: Optional[int] = option(None, "Width of the text transformer.", min=8)
     text_depth: Optional[int] = option(None, "Blocks in the text transformer.", min=1)
-    vision_encoder: Optional[str] = option(
+    vision: Optional[str] = option(
         None, "Vision tower of fusion models (`seed-*`): `vit`, `cnn`, `timm:<model>` (any timm model, e.g. "
         "`timm:vit_small_patch14_dinov2`, `timm:resnet18`) or `open_clip:<model>`.",
         pattern=r'vit|cnn|timm:[\w.\-]+|open_clip:[\w.\-/]+', accepted='vit, cnn, timm:<model>, open_clip:<model>')
-    text_encoder: Optional[str] = option(
+    text: Optional[str] = option(
         None, "Text tower of fusion models: a BERT-style `text-transformer`, an `lstm`, or `open_clip:<model>` (an "
         "open_clip text tower; captions then use open_clip's full vocabulary).",
         pattern=r'text-transformer|lstm|open_clip:[\w.\-/]+', accepted='text-transformer, lstm, open_clip:<model>')
@@ -136,7 +137,7 @@ class ModelConfig:
     attention: Optional[Literal['full', 'sparse', 'linear']] = option(
         None, "Self-attention of fusion models' transformer towers: `full` (fused SDPA), `sparse` (local window + "
         "global tokens) or `linear` (O(N) kernel attention).")
-    position_encoding: Optional[Literal['none', 'learned', 'sinusoidal', 'rotary', 'relative']] = option(
+    position: Optional[Literal['none', 'learned', 'sinusoidal', 'rotary', 'relative']] = option(
         None, "Extra positional encoding in those towers' blocks (on top of their learned input positions).")
     ffn: Optional[Literal['mlp', 'glu', 'swiglu']] = option(None, "Feed-forward network of those towers' blocks.")
     norm: Optional[Literal['layernorm', 'rmsnorm', 'scalenorm']] = option(
@@ -537,8 +538,8 @@ def check_libraries() -> list[str]:
     try: open_clip = version('open-clip-torch')
     except PackageNotFoundError: open_clip = None
     if open_clip and Version(open_clip) < Version('3.1'):  # the rest of memvlm works with it: only the towers need more
-        problems.append(f'open-clip-torch {open_clip} runs memvlm, but its open_clip towers (text_encoder / '
-                        'vision_encoder open_clip:...) need 3.1: pip install -U "open-clip-torch>=3.1"')
+        problems.append(f'open-clip-torch {open_clip} runs memvlm, but its open_clip towers (text / '
+                        'vision open_clip:...) need 3.1: pip install -U "open-clip-torch>=3.1"')
     try: import pyarrow  # noqa: F401  datasets needs it; a wheel built for NumPy 2 fails to import beside NumPy 1
     except ImportError as e:
         if 'numpy' in str(e).lower():

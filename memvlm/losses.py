@@ -166,13 +166,12 @@ class ModelStep(nn.Module):
     (SigLIP's learned bias) and `weighting='uncertainty'` (learned weights of the loss terms)."""
     def __init__(self, contrastive: str = 'clip', weighting: str = 'sum', gather: bool = True):
         super().__init__()
-        if contrastive not in ('clip',
-                               'siglip'): raise ValueError(f"contrastive={contrastive!r}: expected 'clip' or 'siglip'")
+        if contrastive not in ('clip', 'siglip'):
+            raise ValueError(f"contrastive={contrastive!r}: expected 'clip' or 'siglip'")
         if weighting not in ('sum', 'uncertainty'):
             raise ValueError(f"weighting={weighting!r}: expected 'sum' or 'uncertainty'")
         self.contrastive, self.weighting_kind, self.gather = contrastive, weighting, gather
-        # SigLIP's initial bias
-        self.logit_bias = nn.Parameter(torch.tensor(-10.0)) if contrastive == 'siglip' else None
+        self.logit_bias = nn.Parameter(torch.tensor(-10.0)) if contrastive == 'siglip' else None  # SigLIP's start
         self.weighting: Optional[UncertaintyWeighting] = None
 
     def prepare(self, names: Sequence[str]):

@@ -5,26 +5,33 @@
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'MODEL_CONFIGS', 'MemoryCLIPConfig', 'CLIPOutput', 'Classification', 'MemoryCLIP',
            'register_architecture', 'architecture_of', 'register_model', 'count_parameters', 'list_models',
-           'model_config', 'create_model', 'Checkpoint', 'save_checkpoint', 'load_checkpoint', 'FusionModelConfig',
-           'FusionOutput', 'parse_task_weights', 'build_vision', 'build_text', 'task_head', 'FusionModel']
+           'model_config', 'create_model', 'Checkpoint', 'atomic_file', 'atomic_folder', 'save_checkpoint',
+           'load_checkpoint', 'FusionModelConfig', 'FusionOutput', 'parse_task_weights', 'build_vision', 'build_text',
+           'task_head', 'FusionModel']
 
 # %% ../nbs/07_models.ipynb #db59b47d
+import contextlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+import shutil
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union, get_type_hints
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
+from .tasks import TARGET_KEYS, TASKS, task_parts
 from .data import CaptionTokenizer
-from .encoders import TextEncoder, ViTEncoder
-from .layers import init_linear
-from .memory import MemoryTokens
+from .layers import MemoryTokens, init_linear
+from .encoders import (CNNEncoder, LSTMEncoder, OpenCLIPTextEncoder, OpenCLIPVisionEncoder, TextEncoder,
+                             TimmEncoder, ViTEncoder, set_grad_checkpointing)
+from .memory import ConceptMemory
+from .fusion import LateFusion, create_fusion
+from .heads import HEADS, ContrastiveProjection, MultiTaskHead
 
 # %% ../nbs/07_models.ipynb #e0e9042e
 @dataclass
@@ -55,8 +62,6 @@ class CLIPOutput:
     def logits_per_image(self) -> torch.Tensor: return self.logit_scale * self.image_embeds @ self.text_embeds.T
 
 # %% ../nbs/07_models.ipynb #57d5ac81
-from .memory import ConceptMemory
-
 @dataclass
 class Classification:
     "What `MemoryCLIP.classify` returns for N images."
@@ -198,8 +203,7 @@ def count_parameters(name_or_config) -> int:
     config = model_config(name_or_config)
     try:
         with torch.device('meta'): model = architecture_of(config)(config)
-    # timm < 1.0.21 reads tensor values in __init__ (`.item()`), which meta tensors lack
-    except (RuntimeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError):  # timm < 1.0.21 reads tensor values (`.item()`) in __init__
         model = architecture_of(config)(config)  # the same count, from real (CPU) weights
     return sum(p.numel() for p in model.parameters())
 
@@ -239,8 +243,6 @@ def create_model(name_or_config='memclip-tiny', **overrides) -> nn.Module:
     return architecture_of(config)(config)
 
 # %% ../nbs/07_models.ipynb #ed7611d3
-from dataclasses import is_dataclass
-from typing import get_type_hints
 @dataclass
 class Checkpoint:
     "What `load_checkpoint` returns."
@@ -248,11 +250,32 @@ class Checkpoint:
     tokenizer: Optional[CaptionTokenizer]
     metadata: dict
 
-def _atomic_write(path: Path, write):
-    tmp = path.with_name(path.name + '.tmp')
+def _fsync(path: Path):
+    with contextlib.suppress(OSError):  # not every OS or file system can fsync a directory
+        fd = os.open(path, os.O_RDONLY); os.fsync(fd); os.close(fd)
+
+def atomic_file(path: Path, write: Callable[[Path], None]) -> Path:
+    "Write a file through `write(tmp_path)`, fsync it, then rename it over `path`: readers see the old or the new file."
+    path = Path(path); tmp = path.with_name(path.name + '.tmp')
     write(tmp)
-    with open(tmp, 'rb') as f: os.fsync(f.fileno())
+    _fsync(tmp)
     os.replace(tmp, path)
+    _fsync(path.parent)
+    return path
+
+def atomic_folder(folder, write: Callable[[Path], None]) -> Path:
+    """Write a whole folder through `write(tmp_folder)`, fsync its files, then swap it in for `folder` by renames; a
+    crash mid-swap leaves the previous copy as `<folder>.old`."""
+    folder = Path(folder); tmp, old = folder.with_name(folder.name + '.tmp'), folder.with_name(folder.name + '.old')
+    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    write(tmp)
+    for f in [*tmp.iterdir(), tmp]: _fsync(f)
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists(): os.replace(folder, old)
+    os.replace(tmp, folder)
+    _fsync(folder.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 def save_checkpoint(model: nn.Module, folder, tokenizer: Optional[CaptionTokenizer] = None,
                     metadata: Optional[dict] = None) -> Path:
@@ -261,8 +284,8 @@ def save_checkpoint(model: nn.Module, folder, tokenizer: Optional[CaptionTokeniz
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     info = {'architecture': type(model).__name__, 'config': asdict(model.config),
             'tokenizer': tokenizer.to_dict() if tokenizer else None, 'metadata': metadata or {}}
-    _atomic_write(folder / 'model.safetensors', lambda p: save_model(model, str(p)))
-    _atomic_write(folder / 'config.json', lambda p: p.write_text(json.dumps(info, indent=1)))
+    atomic_file(folder / 'model.safetensors', lambda p: save_model(model, str(p)))
+    atomic_file(folder / 'config.json', lambda p: p.write_text(json.dumps(info, indent=1)))
     return folder
 
 def _config_from_dict(config_class: type, d: dict):
@@ -290,12 +313,6 @@ def load_checkpoint(folder, device: Union[str, torch.device] = 'cpu') -> Checkpo
     return Checkpoint(model.to(device).eval(), tok, info.get('metadata', {}))
 
 # %% ../nbs/07_models.ipynb #059510be
-from .encoders import (CNNEncoder, LSTMEncoder, OpenCLIPTextEncoder, OpenCLIPVisionEncoder, TimmEncoder,
-                             set_grad_checkpointing)
-from .fusion import LateFusion, create_fusion
-from .heads import HEADS, ContrastiveProjection, MultiTaskHead
-from .tasks import TARGET_KEYS, TASKS, task_parts
-
 @dataclass
 class FusionModelConfig:
     "Architecture of a `FusionModel`; field names shared with `MemoryCLIPConfig` mean the same."

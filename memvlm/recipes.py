@@ -27,7 +27,9 @@ from .data import (CaptionTokenizer, Columns, ImageTextData, ImageTextDataset, M
 from .models import (Checkpoint, FusionModel, FusionModelConfig, MemoryCLIP, MemoryCLIPConfig, create_model,
                            list_models, load_checkpoint, model_config, save_checkpoint)
 from . import vae  # noqa: F401  registers vae-tiny, so that eval and predict load its checkpoints
-from .training import Trainer, autocast_context, plot_history, resolve_device
+from .engine import autocast_context, resolve_device
+from .training import Trainer
+from .plots import plot_history
 from .evaluation import embed_images, embed_texts, evaluate, evaluate_clip, modality_scores, zero_shot_classifier
 
 # %% ../nbs/11a_recipes.ipynb #1330a260

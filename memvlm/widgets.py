@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from .data import CaptionTokenizer, ImageTextData
 from .evaluation import caption_gallery, embed_images, embed_texts, eval_loader
-from .training import plot_history
+from .plots import plot_history
 
 # %% ../nbs/11_widgets.ipynb #b6ce7b9b
 def _png_uri(img, size: int = 64) -> str:

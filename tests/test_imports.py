@@ -1,5 +1,6 @@
-"""memvlm's modules import one way: each only from the modules before it in `ORDER` (config, then data, the building
-blocks, models, losses, the training engine, evaluation, the recipes and the command line last). A module that reaches forward, even
+"""memvlm's modules import one way: each only from the modules before it in `ORDER` (the task table and config, then
+data, the building blocks and losses, models, the training engine, plots and evaluation, the recipes and the command line
+last). A module that reaches forward, even
 inside a function, fails here; a new module must be given its place."""
 import ast
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 LIB = Path(__file__).resolve().parent.parent / 'memvlm'
 ORDER = ['tasks', 'config', 'images', 'bundled', 'sources', 'tokenizer', 'transforms', 'data', 'layers', 'encoders',
          'memory', 'fusion', 'losses', 'heads', 'models', 'vae', 'double_loop',
-         'engine', 'training', 'evaluation', 'widgets', 'recipes', 'cli', '__main__']
+         'engine', 'training', 'plots', 'evaluation', 'widgets', 'recipes', 'cli', '__main__']
 MODULES = sorted(p.stem for p in LIB.glob('*.py') if p.stem not in ('__init__', '_modidx'))
 
 

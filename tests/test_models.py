@@ -1,5 +1,7 @@
 """End to end checks of the model zoo: every registered architecture builds from its name, trains a step on real
 digits-captions, survives a checkpoint round trip; config/YAML choices reach the model; bad choices fail clearly."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -55,11 +57,11 @@ def test_list_models_counts_parameters():
 def test_yaml_choices_reach_the_fusion_model():
     from memvlm.models import model_config
     cfg = update_config(RunConfig(), {'model': {'model': 'seed-multimodal-transformer', 'attention': 'linear', 'ffn': 'glu',
-                                                'norm': 'scalenorm', 'position_encoding': 'sinusoidal', 'fusion': 'gated',
-                                                'text_encoder': 'lstm', 'vision_encoder': 'cnn'}})
+                                                'norm': 'scalenorm', 'position': 'sinusoidal', 'fusion': 'gated',
+                                                'text': 'lstm', 'vision': 'cnn'}})
     m = cfg.model
-    arch = model_config(m.model, attention=m.attention, ffn=m.ffn, norm=m.norm, position=m.position_encoding, fusion=m.fusion,
-                        text=m.text_encoder, vision=m.vision_encoder)
+    arch = model_config(m.model, attention=m.attention, ffn=m.ffn, norm=m.norm, position=m.position, fusion=m.fusion,
+                        text=m.text, vision=m.vision)
     model = create_model(arch)
     assert type(model.fusion).__name__ == 'GatedFusion' and type(model.text).__name__ == 'LSTMEncoder'
     assert type(model.visual).__name__ == 'CNNEncoder'
@@ -74,6 +76,23 @@ def test_bad_choices_fail_with_what_is_accepted():
         create_model('memclip-tiny', fusion='concat')
     with pytest.raises(ValueError, match="vision='resnet'"):
         create_model('seed-mnist-concat', vision='resnet')
+
+
+def test_model_options_are_architecture_fields():
+    "Each model option of the run configuration is a field of an architecture's config under the same name: no renaming."
+    from memvlm.config import ModelConfig
+    from memvlm.models import FusionModelConfig, MemoryCLIPConfig
+    arch_fields = {f.name for cls in (MemoryCLIPConfig, FusionModelConfig) for f in dataclasses.fields(cls)}
+    options = {f.name for f in dataclasses.fields(ModelConfig)} - {'model'}
+    assert options <= arch_fields, f'options that no architecture has: {sorted(options - arch_fields)}'
+
+
+def test_an_option_the_architecture_lacks_lists_the_accepted_ones(tmp_path):
+    from memvlm.recipes import prepare_run
+    cfg = update_config(RunConfig(), {'model': {'model': 'memclip-tiny', 'fusion': 'gated'},
+                                      'train': {'device': 'cpu'}, 'output_dir': str(tmp_path / 'out')})
+    with pytest.raises(ValueError, match=r"unknown model options \['fusion'\] for MemoryCLIPConfig; accepted: .*memory_tokens"):
+        prepare_run(cfg)
 
 
 def test_prepare_run_builds_a_fusion_classifier(tmp_path):
@@ -97,7 +116,7 @@ def test_every_zoo_choice_reaches_the_model_through_prepare_run(tmp_path, digits
     (tmp_path / 'memvlm-test-clip.json').write_text(json.dumps(tiny))
     open_clip.add_model_config(str(tmp_path / 'memvlm-test-clip.json'))
     cfg = update_config(RunConfig(), {
-        'model': {'model': 'seed-multimodal-transformer', 'text_encoder': 'open_clip:memvlm-test-clip', 'vision_encoder': 'vit',
+        'model': {'model': 'seed-multimodal-transformer', 'text': 'open_clip:memvlm-test-clip', 'vision': 'vit',
                   'attention': 'sparse', 'window': 1, 'global_tokens': 2, 'fusion': 'bicross', 'fusion_heads': 2},
         'train': {'device': 'cpu', 'freeze': 'text:1'}, 'output_dir': str(tmp_path / 'out')})
     run = prepare_run(cfg)
