@@ -54,9 +54,10 @@ class DataConfig:
         'affine', "Training augmentation when augment is on: `affine` (small rotations and shifts), `randaugment` or "
         "`trivialaugment` (timm's auto-augment policies), `crop-flip` (open_clip's random resized crop plus horizontal "
         "flip).")
-    resize: Literal['squash', 'crop', 'pad'] = option(
-        'squash', "How images become square: `squash` (resize both sides), `crop` (shorter side to size, centre crop) "
-        "or `pad` (longer side to size, pad the rest); images larger than max_image_pixels are reduced while decoding.")
+    resize: Optional[Literal['squash', 'crop', 'pad']] = option(
+        None, "How images become square: `squash` (resize both sides), `crop` (shorter side to size, centre crop) "
+        "or `pad` (longer side to size, pad the rest); images larger than max_image_pixels are reduced while decoding. "
+        "Empty: the architecture's own (`squash` for memvlm's own towers, `crop` for pretrained CLIPs).")
     max_image_pixels: int = option(
         100_000_000, "Images with more pixels than this are skipped and counted as undecodable (decompression-bomb "
         "guard).", min=1)
@@ -127,8 +128,9 @@ class ModelConfig:
         "open_clip text tower; captions then use open_clip's full vocabulary).",
         pattern=r'text-transformer|lstm|open_clip:[\w.\-/]+', accepted='text-transformer, lstm, open_clip:<model>')
     pretrained: Optional[str] = option(
-        None, "Pretrained weights of a timm/open_clip vision tower: a tag (downloads where there is network) or a "
-        "local weights file.")
+        None, "Pretrained weights: of a pretrained CLIP (`memclip-vit-b-32`, `memclip-vit-b-16`: an open_clip tag such "
+        "as `openai`, downloaded where there is network, an open_clip weights file, or a memvlm checkpoint), or of a "
+        "fusion model's timm/open_clip vision tower (a tag or a local weights file).")
     text_pretrained: Optional[str] = option(
         None, "Pretrained weights of an open_clip text tower: a tag or a local weights file.")
     fusion: Optional[Literal['concat', 'late', 'cross', 'bicross', 'pool', 'gated']] = option(
@@ -183,6 +185,20 @@ class TrainConfig:
         'fp32', "Arithmetic: `fp32`, `bf16` autocast (CPU or GPU) or `fp16` autocast with a gradient scaler (GPU).")
     grad_checkpointing: bool = option(
         False, "Recompute transformer activations in the backward pass: less memory, about a third more compute.")
+    lock_image: bool = option(
+        False, "Freeze the image tower of a MemoryCLIP (LiT-style), its memory tokens excepted; see "
+        "lock_image_unlocked_groups.")
+    lock_image_unlocked_groups: int = option(
+        0, "With lock_image: leave this many last groups of the image tower's layers trainable.", min=0)
+    lock_text: bool = option(False, "Freeze the text tower of a MemoryCLIP; see lock_text_unlocked_layers.")
+    lock_text_unlocked_layers: int = option(
+        0, "With lock_text: leave this many last blocks of the text tower trainable.", min=0)
+    memory_only: bool = option(
+        False, "Train only a MemoryCLIP's memory tokens (and their gates): both towers and the temperature frozen.")
+    layer_decay: float = option(
+        1.0, "Layer-wise learning-rate decay: block i of a tower of n learns at lr × layer_decay^(n - i), its "
+        "embeddings at lr × layer_decay^(n + 1); 1 turns it off (0.65-0.85 is usual for fine-tuning ViTs).",
+        min=0.0, max=1.0)
     freeze: str = option(
         '', "Comma-separated parameter-name prefixes to lock (no gradient, no update), e.g. `visual` or "
         "`text,text_proj`; `prefix:N` locks only the first N blocks of that tower (and its embeddings), e.g. "

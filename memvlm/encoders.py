@@ -9,12 +9,13 @@ __all__ = ['STEMS', 'OPEN_CLIP_TOWERS_NEED', 'EncoderOutput', 'ConvStem', 'Patch
            'unfreeze', 'set_grad_checkpointing']
 
 # %% ../nbs/03_encoders.ipynb #45e33f5f
+import logging
 import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -234,7 +235,11 @@ def _open_clip_model(model_name: str, pretrained, custom_text: bool = True):
                           f'pip install -U "open-clip-torch>={OPEN_CLIP_TOWERS_NEED}"')
     if model_name not in open_clip.list_models():
         raise ValueError(f'open_clip has no model {model_name!r}; it has: {", ".join(open_clip.list_models())}')
-    return open_clip.create_model(model_name, pretrained=pretrained or None, force_custom_text=custom_text)
+    # random weights are asked for
+    quiet = lambda record: not str(record.msg).startswith('No pretrained weights loaded')
+    logging.getLogger().addFilter(quiet)
+    try: return open_clip.create_model(model_name, pretrained=pretrained or None, force_custom_text=custom_text)
+    finally: logging.getLogger().removeFilter(quiet)
 
 class OpenCLIPVisionEncoder(MemoryTokenHost, nn.Module):
     """The visual tower of an open_clip model (by name and pretrained tag or file); tokens: patch tokens, pooled:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .config import import_optional
 from .tasks import TARGET_KEYS
 from .data import CaptionTokenizer, ImageTextData, ImageTextDataset, image_transform, make_loader
-from .models import Classification
+from .models import Classification, preprocessing
 from .plots import (plot_captions, plot_confusion, plot_history, plot_predicted_vs_true, plot_reconstructions,
                           plot_retrieval_grid, plot_tsne, read_history, to_hwc)
 
@@ -237,7 +237,9 @@ def _image_size(model: nn.Module) -> int:
 def eval_loader(model: nn.Module, rows, tokenizer: CaptionTokenizer, batch_size: int = 256,
                 image_size: Optional[int] = None, resize: str = 'squash'):
     "In-order batches of `rows` (first captions), images of `image_size` (None: the model's) made square by `resize`."
-    transform = image_transform(image_size or _image_size(model), resize=resize)
+    config = getattr(model, 'config', None)
+    norm = {k: v for k, v in preprocessing(config).items() if k in ('mean', 'std')} if config is not None else {}
+    transform = image_transform(image_size or _image_size(model), resize=resize, **norm)
     return make_loader(ImageTextDataset(rows, tokenizer, transform, caption='first'), batch_size)
 
 def _caption_retrieval(model: nn.Module, tokenizer: CaptionTokenizer, image_embeds: torch.Tensor,

@@ -8,7 +8,6 @@ __all__ = ['contrastive_step', 'distributed_world', 'gather_features', 'clip_los
 
 # %% ../nbs/08_losses.ipynb #2642f9f1
 import inspect
-import math
 from typing import Optional, Sequence
 
 import torch

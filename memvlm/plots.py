@@ -7,8 +7,6 @@ __all__ = ['plot_history', 'to_hwc', 'plot_tsne', 'plot_confusion', 'plot_predic
            'plot_captions', 'plot_reconstructions', 'read_history']
 
 # %% ../nbs/09a_plots.ipynb #799112e5
-import csv
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np

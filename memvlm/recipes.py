@@ -23,9 +23,9 @@ from .tasks import TARGET_KEYS, monitored_score, task_parts
 from .config import (DataConfig, RunConfig, default_data_dir, get_config, load_config, resolve_output_dir,
                            save_config, seed_everything)
 from .data import (CaptionTokenizer, Columns, ImageTextData, ImageTextDataset, ModalityDropout, answer_classes,
-                         dataset_from_config, get_dataset, image_transform, make_loader)
+                         dataset_from_config, get_dataset, make_loader)
 from .models import (Checkpoint, FusionModel, FusionModelConfig, MemoryCLIP, MemoryCLIPConfig, create_model,
-                           list_models, load_checkpoint, model_config, save_checkpoint)
+                           list_models, load_checkpoint, model_config, model_transform, save_checkpoint)
 from . import vae  # noqa: F401  registers vae-tiny, so that eval and predict load its checkpoints
 from .engine import autocast_context, resolve_device
 from .training import Trainer
@@ -125,10 +125,15 @@ def prepare_run(cfg: RunConfig) -> Run:
     _check_writable(output_dir)
     data = dataset_from_config(cfg.data, cfg.data.data_dir or default_data_dir())  # any source get_dataset reads
     arch = _architecture(cfg, data)
+    resize = cfg.data.resize or getattr(arch, 'resize', 'squash')  # the run's, else the architecture's own
+    if hasattr(arch, 'resize'): arch = replace(arch, resize=resize)
+    # the run records what it used: the checkpoint then says how to preprocess for it
+    cfg = replace(cfg, data=replace(cfg.data, resize=resize, image_size=arch.image_size,
+                                    context_length=arch.context_length))
     texts = [c for caps in data['train']['captions'] for c in caps]
     texts += [p for ps in (data.class_prompts or []) for p in ps]
-    # open_clip reads its own ids
-    vocab = 'full' if getattr(arch, 'text', '').startswith('open_clip:') else cfg.data.vocab
+    open_clip_text = getattr(arch, 'text', '').startswith('open_clip:') or getattr(arch, 'towers', '')
+    vocab = 'full' if open_clip_text else cfg.data.vocab  # open_clip text towers read open_clip's own token ids
     tokenizer = CaptionTokenizer.build(texts, arch.context_length, vocab)
     model = create_model(replace(arch, vocab_size=tokenizer.vocab_size))
     _check_space(output_dir, model)
@@ -141,7 +146,7 @@ def fit_memory_prior(model: MemoryCLIP, data: ImageTextData, tokenizer: CaptionT
     """The base statistics `memorize` reads with, from one pass of image embeddings over `data[split]` (class anchors
     where the data has labels), its claims calibrated on `data[held_out]`."""
     def embed(name):
-        ds = ImageTextDataset(data[name], tokenizer, image_transform(model.config.image_size, resize=resize),
+        ds = ImageTextDataset(data[name], tokenizer, model_transform(model.config, resize),
                               caption='first')
         embeds, labels = embed_images(model, make_loader(ds, batch_size), device)
         return embeds, labels if data.labelled else None
@@ -174,8 +179,8 @@ class _Loaders:
 def _loaders(run: Run) -> _Loaders:
     cfg, data, tok = run.config, run.data, run.tokenizer
     def transform(train: bool = False):
-        return image_transform(run.model.config.image_size, train=train, augment=cfg.data.augment,
-                               augmentation=cfg.data.augmentation, resize=cfg.data.resize)
+        return model_transform(run.model.config, cfg.data.resize, train=train, augment=cfg.data.augment,
+                               augmentation=cfg.data.augmentation)
     fusion = isinstance(run.model, FusionModel)  # prepare_run checked the pairing of model and task
     task = 'vqa' if cfg.data.task == 'vqa' else run.model.config.task if fusion else 'retrieval'
     dropout = ModalityDropout(cfg.data.modality_dropout) if cfg.data.modality_dropout else None
@@ -313,13 +318,14 @@ def evaluate_checkpoint(checkpoint, dataset: Optional[str] = None, output_dir=No
     return metrics, out
 
 # %% ../nbs/11a_recipes.ipynb #965b54cd
-def _read_image(path, size: int, resize: str = 'squash') -> torch.Tensor:
+def _read_image(path, config, resize: str = 'squash') -> torch.Tensor:
+    "One image file as a (1, 3, H, W) batch, preprocessed as the model `config` asks, made square by `resize`."
     from PIL import Image, UnidentifiedImageError
     if not Path(path).is_file(): raise FileNotFoundError(f'no image file at {str(path)!r}')
     try: img = Image.open(path); img.load()
     except (UnidentifiedImageError, OSError) as e: raise ValueError(f'{path} is not an image memvlm can read: '
                                                                     f'{e}') from None
-    return image_transform(size, resize=resize)(img)[None]
+    return model_transform(config, resize)(img)[None]
 
 def _names(names: Optional[list], n: int, what: str, labels: LabelNames) -> list:
     if names is None or len(names) != n:
@@ -390,7 +396,7 @@ def predict(checkpoint, image, texts: Optional[list] = None, dataset: Optional[s
     device, checkpoint = resolve_device(device), _folder(checkpoint)
     ck = _load(checkpoint, device)
     model, tok = ck.model, ck.tokenizer
-    x = _read_image(image, model.config.image_size, checkpoint_resize(ck, checkpoint)).to(device)
+    x = _read_image(image, model.config, checkpoint_resize(ck, checkpoint)).to(device)
     needs_names = isinstance(model, FusionModel) or (hasattr(model, 'encode_image') and not texts)
     labels = label_names(ck, checkpoint, dataset) if needs_names else None
     if isinstance(model, FusionModel): return _fusion_prediction(model, tok, x, texts, labels, device, top)
@@ -434,7 +440,7 @@ def memorize_checkpoint(checkpoint, dataset: str, output, device: str = 'auto', 
     _ensure_prior(ck, checkpoint, base_dataset, device, resize, batch_size)
     data = get_dataset(dataset, data_dir=(dc.data_dir if dc else '') or default_data_dir(), columns=columns)
     rows = datasets.concatenate_datasets(list(data.splits.values()))
-    transform = image_transform(ck.model.config.image_size, resize=resize)
+    transform = model_transform(ck.model.config, resize)
     before = set(ck.model.memory_concepts())
     for batch in make_loader(ImageTextDataset(rows, ck.tokenizer, transform, caption='first'), batch_size):
         names = [data.classnames[i] for i in batch['label'].tolist()] if data.labelled else batch['caption']

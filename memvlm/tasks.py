@@ -6,7 +6,6 @@
 __all__ = ['TASKS', 'FUSION_TASKS', 'TARGET_KEYS', 'TASK_PATTERN', 'TASK_ACCEPTED', 'Task', 'task_parts', 'monitored_score']
 
 # %% ../nbs/00a_tasks.ipynb #6b838bbe
-import re
 from dataclasses import dataclass
 from typing import Optional
 
