@@ -20,6 +20,8 @@ TOWERS = {
                          context_length=77, text_width=384, text_depth=4, text_heads=6, embed_dim=384, batch_size=32),
     'digits': dict(image_size=32, patch_size=4, vision_width=128, vision_depth=4, vision_heads=4,
                    context_length=16, text_width=128, text_depth=2, text_heads=4, embed_dim=64, batch_size=128),
+    # a fine-tune of the whole pretrained CLIP ViT-B/32 (151M parameters; random weights, the same in both systems)
+    'vit-b-32': dict(open_clip='ViT-B-32', image_size=224, context_length=77, batch_size=8),
 }
 VOCAB_SIZE = 49408  # open_clip's BPE vocabulary, used by both systems so the token embeddings match
 
@@ -40,6 +42,17 @@ def memvlm_model(towers: dict, memory_tokens: int = 0, vocab_size: int = VOCAB_S
     from memvlm.models import MemoryCLIP, MemoryCLIPConfig
     dims = {k: v for k, v in towers.items() if k != 'batch_size'}
     return MemoryCLIP(MemoryCLIPConfig(stem='patch', memory_tokens=memory_tokens, vocab_size=vocab_size, **dims))
+
+
+def pretrained_pair(towers: dict, memory_tokens: int = 0):
+    "memvlm's MemoryCLIP on open_clip's towers `towers['open_clip']`, and open_clip's own model with the same weights."
+    import open_clip
+    from memvlm.models import create_model
+    name = towers['open_clip']
+    model = create_model(f'memclip-{name.lower()}', pretrained='', memory_tokens=memory_tokens)
+    reference = open_clip.create_model(name)
+    reference.load_state_dict(model.towers.clip.state_dict())
+    return model, reference
 
 
 def open_clip_model(towers: dict, vocab_size: int = VOCAB_SIZE):

@@ -255,17 +255,21 @@ PRESETS = {
     'cpu-smoke': Preset('A laptop or CI CPU: the tiny model for a few epochs, to see that everything runs.',
                         {'model.model': 'memclip-tiny', 'epochs': 3, 'batch_size': 64, 'precision': 'fp32',
                          'num_workers': 0, 'device': 'cpu'}),
-    'kaggle-t4': Preset('One Kaggle T4 (16 GB, no bf16): the small model in fp16 with a gradient scaler.',
-                        {'model.model': 'memclip-small', 'batch_size': 256, 'precision': 'fp16', 'num_workers': 2,
-                         'device': 'cuda'}, gpus=1),
-    'kaggle-2xt4': Preset("Kaggle's two T4s with DDP (`torchrun --nproc_per_node 2`); batch_size is the sum over both.",
-                          {'model.model': 'memclip-small', 'batch_size': 512, 'precision': 'fp16', 'num_workers': 2,
-                           'device': 'cuda'}, gpus=2),
-    'colab-t4': Preset('A Colab T4 (16 GB, no bf16): the small model in fp16 with a gradient scaler.',
-                       {'model.model': 'memclip-small', 'batch_size': 256, 'precision': 'fp16', 'num_workers': 2,
-                        'device': 'cuda'}, gpus=1),
-    'a100': Preset('An A100 or any Ampere-or-newer GPU (40 GB+): the base model in bf16.',
-                   {'model.model': 'memclip-base', 'batch_size': 512, 'precision': 'bf16', 'num_workers': 8,
+    'kaggle-t4': Preset('One Kaggle T4 (16 GB, no bf16): the small model in fp16 with a gradient scaler; batch 256 '
+                        'with gradient checkpointing also fits a ViT-B CLIP (`--model memclip-vit-b-16`: about 6 GB, '
+                        '23 GB without checkpointing).',
+                        {'model.model': 'memclip-small', 'batch_size': 256, 'precision': 'fp16',
+                         'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda'}, gpus=1),
+    'kaggle-2xt4': Preset("Kaggle's two T4s with DDP (`torchrun --nproc_per_node 2`); batch_size is the sum over both "
+                          '(256 per T4, as in kaggle-t4).',
+                          {'model.model': 'memclip-small', 'batch_size': 512, 'precision': 'fp16',
+                           'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda'}, gpus=2),
+    'colab-t4': Preset('A Colab T4 (16 GB, no bf16): as kaggle-t4.',
+                       {'model.model': 'memclip-small', 'batch_size': 256, 'precision': 'fp16',
+                        'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda'}, gpus=1),
+    'a100': Preset('An A100 or any Ampere-or-newer GPU (40 GB+): the base model in bf16; batch 256 fits a ViT-B CLIP '
+                   'without checkpointing (memclip-vit-b-16: about 23 GB).',
+                   {'model.model': 'memclip-base', 'batch_size': 256, 'precision': 'bf16', 'num_workers': 8,
                     'device': 'cuda'}, gpus=1),
 }
 
