@@ -8,9 +8,16 @@ size and precision, the Trainer's step function and optimizer, on the loader's o
 alternately in one process (a training epoch of the loader from a fresh iterator, as the Trainer runs it, then a step, ...)
 and medians compared, so load drifts hit both.
 
-Prints a table and, last, one line of JSON: {"loader_over_step", ...}: the smaller of the two datasets' ratios with the
-default number of workers.
-Usage: python benchmarks/dataloader.py [--workers 0 2] [--repeats 5]
+Photos: JPEGs of mixed sizes (640x480 to 1280x960, landscape and portrait) read at 224 px, memvlm's training pipeline
+(JPEG draft decoding at reduced scale, resize and centre crop to uint8, then `BatchAugment`'s affine and normalisation of
+the batch, on the CPU here) against open_clip's own (open_clip_train's `CsvDataset`, reproduced below because its module
+needs webdataset, with open_clip's training `image_transform` and tokenizer), both decoding every image every epoch
+(memvlm's image cache off), then memvlm with its cache on (`image_cache_mb`: decoded once); images per second.
+
+Prints tables and, last, one line of JSON: {"loader_over_step", "photos_over_open_clip", ...}: the smaller of the two
+digits datasets' ratios with the default number of workers, and memvlm's photo images/s over open_clip's (the smaller
+over the worker counts, cache off).
+Usage: python benchmarks/dataloader.py [--workers 0 2] [--repeats 5] [--photos 256]
 """
 import argparse
 import json
@@ -20,6 +27,8 @@ import tempfile
 import torch
 
 from bench_utils import interleaved_times, machine, median, memvlm_step, print_table
+
+PHOTO_SIZES = [(640, 480), (800, 600), (1024, 768), (1280, 960), (480, 640), (768, 1024)]
 
 
 def loaders(folder: str, num_workers: int):
@@ -33,10 +42,71 @@ def loaders(folder: str, num_workers: int):
                        ('csv-folder', load_csv_captions(write_digits_csv(folder, per_class=100), seed=cfg.train.seed))):
         texts = [c for caps in data['train']['captions'] for c in caps]
         tok = CaptionTokenizer.build(texts, 16, cfg.data.vocab)
-        ds = ImageTextDataset(data['train'], tok, image_transform(32, train=True, augment=cfg.data.augment), seed=cfg.train.seed,
+        # as memvlm train loads them: uint8 images, decoded and resized once (the cache), augmented per batch
+        ds = ImageTextDataset(data['train'], tok, image_transform(32, uint8=True), seed=cfg.train.seed,
                               cache_mb=cfg.data.image_cache_mb)
         out[name] = (make_loader(ds, cfg.train.batch_size, train=True, num_workers=num_workers, seed=cfg.train.seed), tok)
     return out
+
+
+def write_photos(folder: str, n: int) -> str:
+    "`n` JPEGs of mixed sizes (smooth colour fields with noise, so that they compress like photos) and a captions CSV."
+    import numpy as np
+    from PIL import Image
+    rng, rows = np.random.default_rng(0), []
+    for i in range(n):
+        w, h = PHOTO_SIZES[i % len(PHOTO_SIZES)]
+        y, x = np.mgrid[0:h, 0:w] / max(w, h)
+        base = np.stack([np.sin(6 * x + i), np.cos(5 * y - i), np.sin(4 * (x + y))], -1) * 90 + 128
+        pixels = (base + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(f'{folder}/photo{i}.jpg', quality=90)
+        rows.append(f'photo{i}.jpg,a photo number {i}')
+    with open(f'{folder}/photos.csv', 'w') as f: f.write('filepath,caption\n' + '\n'.join(rows) + '\n')
+    return f'{folder}/photos.csv'
+
+
+class OpenClipCsvDataset(torch.utils.data.Dataset):
+    "open_clip_train.data.CsvDataset as open_clip has it (a pandas CSV, PIL open, its transforms and tokenizer per item)."
+    def __init__(self, input_filename, transforms, img_key='filepath', caption_key='caption', sep=',', tokenizer=None):
+        import os
+        import pandas as pd
+        df = pd.read_csv(input_filename, sep=sep)
+        root = os.path.dirname(input_filename)
+        self.images, self.captions = [os.path.join(root, p) for p in df[img_key].tolist()], df[caption_key].tolist()
+        self.transforms, self.tokenize = transforms, tokenizer
+    def __len__(self): return len(self.captions)
+    def __getitem__(self, idx):
+        from PIL import Image
+        return self.transforms(Image.open(str(self.images[idx]))), self.tokenize([str(self.captions[idx])])[0]
+
+
+def photo_bench(csv: str, workers: int, repeats: int, batch: int = 64) -> list[dict]:
+    "Images per second of memvlm's training pipeline (cache off, then on) and of open_clip's, on the same JPEGs at 224 px."
+    import open_clip
+    from memvlm.data import BatchAugment, CaptionTokenizer, ImageTextDataset, image_transform, load_csv_captions, make_loader
+    from memvlm.models import OPENAI_MEAN, OPENAI_STD
+    data = load_csv_captions(csv)
+    rows = data['train']
+    tok = CaptionTokenizer.build([c for caps in rows['captions'] for c in caps], 77, 'full')
+    augment = BatchAugment(OPENAI_MEAN, OPENAI_STD)
+    def memvlm_loader(cache_mb):
+        ds = ImageTextDataset(rows, tok, image_transform(224, resize='crop', uint8=True), cache_mb=cache_mb)
+        return make_loader(ds, batch, train=True, num_workers=workers)
+    theirs = OpenClipCsvDataset(csv, open_clip.image_transform(224, is_train=True), tokenizer=open_clip.get_tokenizer('ViT-B-32'))
+    # memvlm reads its train split (70% of the photos), open_clip the whole CSV: images per second compare alike
+    loaders = {'memvlm': memvlm_loader(0), 'memvlm, image cache': memvlm_loader(1024),
+               'open_clip': torch.utils.data.DataLoader(theirs, batch_size=batch, shuffle=True, num_workers=workers,
+                                                        drop_last=True)}
+    def epoch(name):
+        def run():
+            for b in loaders[name]:
+                if name != 'open_clip': augment(b['image'])  # memvlm's per-batch augmentation: on the CPU here
+        return run
+    times = interleaved_times({name: epoch(name) for name in loaders}, repeats=repeats, warmup=1)
+    n = {name: len(loader) * batch if loader.drop_last else len(loader.dataset) for name, loader in loaders.items()}
+    ref = n['open_clip'] / median(times['open_clip'])
+    return [{'pipeline': name, 'workers': workers, 'images': n[name], 'images_per_s': n[name] / median(t),
+             'over_open_clip': n[name] / median(t) / ref} for name, t in times.items()]
 
 
 def bench(name: str, loader, tok, repeats: int) -> dict:
@@ -44,12 +114,15 @@ def bench(name: str, loader, tok, repeats: int) -> dict:
     from memvlm.models import create_model
     cfg = RunConfig()
     torch.manual_seed(0)
+    from memvlm.data import BatchAugment
     model = create_model(cfg.model.model, vocab_size=tok.vocab_size).train()
-    step = memvlm_step(model, next(iter(loader)), cfg.train.precision, cfg.train.lr)
+    augment = BatchAugment(augment=cfg.data.augment)  # the Trainer's batch transform (on the GPU there; here the CPU)
+    first = next(iter(loader))
+    step = memvlm_step(model, {**first, 'image': augment(first['image'])}, cfg.train.precision, cfg.train.lr)
     epochs = iter(range(10 ** 6))
     def epoch():  # one epoch from a fresh iterator, as the Trainer runs it: worker start-up (if any) included
         loader.dataset.set_epoch(next(epochs))
-        for _ in loader: pass
+        for b in loader: augment(b['image'])
     times = interleaved_times({'loader': epoch, 'step': step}, repeats=repeats, warmup=1)
     loader_bps, step_bps = len(loader) / median(times['loader']), 1 / median(times['step'])
     return {'dataset': name, 'workers': loader.num_workers, 'batch': loader.batch_size, 'batches_per_epoch': len(loader), 'loader_batches_per_s': loader_bps,
@@ -62,6 +135,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--workers', type=int, nargs='+', default=sorted({default_workers, 2}), help='loader worker counts to measure')
     p.add_argument('--repeats', type=int, default=5)
+    p.add_argument('--photos', type=int, default=256, help='JPEGs in the photo case (0: skip it)')
     args = p.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     rows = []
@@ -76,6 +150,18 @@ def main():
     summary = {'loader_over_step': round(min(r['loader_over_step'] for r in default), 2), 'workers': default[0]['workers'],
                'by_run': {f"{r['dataset']}/workers={r['workers']}": round(r['loader_over_step'], 2) for r in rows}}
     print(f"\nthe pipeline delivers {summary['loader_over_step']:.1f}x the batches the step consumes with {summary['workers']} workers (target >= 5x)")
+    if args.photos:
+        with tempfile.TemporaryDirectory() as folder:
+            csv = write_photos(folder, args.photos)
+            photo_rows = [r for w in args.workers for r in photo_bench(csv, w, args.repeats)]
+        print(f'\nphotos ({args.photos} JPEGs, 640-1280 px) to 224 px, images per second, medians of {args.repeats} epochs')
+        print_table(photo_rows, ['pipeline', 'workers', 'images', 'images_per_s', 'over_open_clip'],
+                    {'images_per_s': '{:.1f}', 'over_open_clip': '{:.2f}x'})
+        plain = [r for r in photo_rows if r['pipeline'] == 'memvlm']
+        summary['photos_over_open_clip'] = round(min(r['over_open_clip'] for r in plain), 2)
+        summary['photos'] = {f"{r['pipeline']}/workers={r['workers']}": round(r['images_per_s'], 1) for r in photo_rows}
+        print(f"memvlm reads photos at {summary['photos_over_open_clip']:.2f}x open_clip's images/s, decoding every time "
+              "(target >= 2x)")
     print(json.dumps(summary))
 
 

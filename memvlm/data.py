@@ -59,20 +59,26 @@ class ImageTextDataset(torch.utils.data.Dataset):
         self.has_images = 'image' in cols
         # text columns as Python lists: a row read through `datasets` costs more than the sample's whole transform
         self._columns = split.select_columns([c for c in cols if c != 'image']).to_dict()
+        # a deterministic transform's output is kept (decoded and resized once); else the decoded image
+        self._keep_tensors = bool(getattr(transform, 'deterministic', False))
+        # images decoded here, JPEGs at a reduced scale when the transform's size allows (`open_image`'s draft)
+        self._draft = getattr(transform, 'image_size', None)
+        self._encoded = split.cast_column('image', datasets.Image(decode=False)) if self.has_images else None
         self._images = self._decode_images(cache_mb) if self.has_images and cache_mb > 0 else []
         if task == 'vqa':  # answers are classes; the train split's answers unless given (pass them to other splits)
             self.answers = list(answers) if answers is not None else answer_classes(split)
             self._answer_index = {a: i for i, a in enumerate(self.answers)}
 
     def _decode_images(self, cache_mb: float) -> list:
-        """Images decoded once, in order, while their pixels fit in `cache_mb` MB: every epoch, and workers forked
-        later, reuse them."""
+        """Images decoded once, in order, while they fit in `cache_mb` MB (as the transform's tensors when it is
+        deterministic): every epoch, and workers forked later, reuse them."""
         out, budget = [], cache_mb * 2**20
-        for row in self.split.select_columns(['image']):
-            img = row['image']
-            budget -= img.width * img.height * len(img.getbands())
+        for row in self._encoded.select_columns(['image']):
+            image = open_image(row['image'], draft=self._draft)
+            item = self.transform(image) if self._keep_tensors else image
+            budget -= item.nbytes if self._keep_tensors else item.width * item.height * len(item.getbands())
             if budget < 0: break
-            out.append(img)
+            out.append(item)
         return out
 
     def __len__(self): return len(self.split)
@@ -92,8 +98,9 @@ class ImageTextDataset(torch.utils.data.Dataset):
         pick = rng.randrange(len(captions)) if self.caption == 'random' else 0
         input_ids, attention_mask = self._tokenize(captions[pick])
         sample = {'input_ids': input_ids, 'attention_mask': attention_mask, 'caption': captions[pick]}
-        if self.has_images:
-            sample['image'] = self.transform(self._images[i] if i < len(self._images) else self.split[i]['image'])
+        if self.has_images and i < len(self._images):
+            sample['image'] = self._images[i] if self._keep_tensors else self.transform(self._images[i])
+        elif self.has_images: sample['image'] = self.transform(open_image(self._encoded[i]['image'], draft=self._draft))
         if self.labelled: sample['label'] = row['label']
         if 'value' in row: sample['value'] = torch.tensor(row['value'], dtype=torch.float32)
         if self.tagnames is not None:
@@ -130,4 +137,4 @@ def make_loader(dataset: ImageTextDataset, batch_size: int, train: bool = False,
     # workers are started afresh each epoch (not persistent) so they see the dataset's `set_epoch`
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train,
                                        drop_last=train and len(dataset) > batch_size, num_workers=num_workers,
-                                       collate_fn=collate, generator=g)
+                                       collate_fn=collate, generator=g, pin_memory=torch.cuda.is_available())

@@ -285,11 +285,13 @@ def _zero_shot_scores(model, image_embeds, labels, classnames, classifier, memor
     return {'zero_shot_acc': _accuracy(labels, preds)}, answers
 
 def evaluate_clip(model: nn.Module, data: ImageTextData, split: str, tokenizer: CaptionTokenizer, device='cpu',
-                  batch_size: int = 256, prefix: str = '', resize: str = 'squash') -> dict:
+                  batch_size: int = 256, prefix: str = '', resize: str = 'squash', loader=None) -> dict:
     """Zero-shot accuracy (labelled data; memorised concepts left out) and retrieval recall of `model` on `data[split]`,
-    images made square by `resize` as in training; keys start with `prefix`."""
+    images made square by `resize` as in training; keys start with `prefix`. `loader`: the split's `eval_loader` to
+    reuse (the trainer scores every epoch: its images then stay decoded)."""
     rows = data[split]
-    image_embeds, labels = embed_images(model, eval_loader(model, rows, tokenizer, batch_size, resize=resize), device)
+    loader = loader if loader is not None else eval_loader(model, rows, tokenizer, batch_size, resize=resize)
+    image_embeds, labels = embed_images(model, loader, device)
     metrics = {}
     if data.labelled and labels is not None:
         classifier = zero_shot_classifier(model, tokenizer, data.class_prompts, device)

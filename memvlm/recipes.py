@@ -22,10 +22,11 @@ import torch
 from .tasks import TARGET_KEYS, monitored_score, task_parts
 from .config import (DataConfig, RunConfig, default_data_dir, get_config, load_config, resolve_output_dir,
                            save_config, seed_everything)
-from .data import (CaptionTokenizer, Columns, ImageTextData, ImageTextDataset, ModalityDropout, answer_classes,
-                         dataset_from_config, get_dataset, make_loader)
+from .data import (BatchAugment, CaptionTokenizer, Columns, ImageTextData, ImageTextDataset, ModalityDropout,
+                         answer_classes, dataset_from_config, get_dataset, make_loader)
 from .models import (Checkpoint, FusionModel, FusionModelConfig, MemoryCLIP, MemoryCLIPConfig, count_parameters,
-                           create_model, list_models, load_checkpoint, model_config, model_transform, save_checkpoint)
+                           create_model, list_models, load_checkpoint, model_config, model_transform, preprocessing,
+                           save_checkpoint)
 from . import vae  # noqa: F401  registers vae-tiny, so that eval and predict load its checkpoints
 from .engine import autocast_context, resolve_device
 from .training import Trainer
@@ -175,12 +176,18 @@ class _Loaders:
     validation: torch.utils.data.DataLoader
     test: torch.utils.data.DataLoader
     answers: Optional[list] = None
+    batch_transform: Optional[BatchAugment] = None  # for the training batches, on the device
 
 def _loaders(run: Run) -> _Loaders:
+    """The run's loaders. With the `affine` augmentation (or none) the training images come as uint8, decoded and
+    resized once (`image_cache_mb`), and a `BatchAugment` augments and normalises each batch on the device."""
     cfg, data, tok = run.config, run.data, run.tokenizer
+    on_device = not cfg.data.augment or cfg.data.augmentation == 'affine'
     def transform(train: bool = False):
         return model_transform(run.model.config, cfg.data.resize, train=train, augment=cfg.data.augment,
-                               augmentation=cfg.data.augmentation)
+                               augmentation=cfg.data.augmentation, uint8=train and on_device)
+    p = preprocessing(run.model.config)
+    batch_transform = BatchAugment(p['mean'], p['std'], augment=cfg.data.augment) if on_device else None
     fusion = isinstance(run.model, FusionModel)  # prepare_run checked the pairing of model and task
     task = 'vqa' if cfg.data.task == 'vqa' else run.model.config.task if fusion else 'retrieval'
     dropout = ModalityDropout(cfg.data.modality_dropout) if cfg.data.modality_dropout else None
@@ -193,7 +200,7 @@ def _loaders(run: Run) -> _Loaders:
         return make_loader(ds, cfg.train.batch_size, num_workers=cfg.data.num_workers)
     train = make_loader(train_ds, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers,
                         seed=cfg.train.seed)
-    return _Loaders(task, train, eval_loader('validation'), eval_loader('test'), answers)
+    return _Loaders(task, train, eval_loader('validation'), eval_loader('test'), answers, batch_transform)
 
 def _scorer(run: Run, loaders: _Loaders):
     """`(score(model, split) -> metrics, monitor)`: a fusion model's task scores with both modalities and with each one
@@ -203,9 +210,9 @@ def _scorer(run: Run, loaders: _Loaders):
             loader = loaders.validation if split == 'validation' else loaders.test
             return {_PREFIX[split] + k: v for k, v in modality_scores(model, loader, run.device).items()}
         return score, f'val_{monitored_score(run.model.config.task)}_both'
-    def score(model, split):
+    def score(model, split):  # the loaders' datasets keep their images decoded from epoch to epoch
         return evaluate_clip(model, run.data, split, run.tokenizer, run.device, prefix=_PREFIX[split],
-                             resize=run.config.data.resize)
+                             resize=run.config.data.resize, loader=getattr(loaders, split))
     return score, 'val_zero_shot_acc' if run.data.labelled else 'val_i2t_r1'
 
 def _run_facts(run: Run, data: ImageTextData, best: Checkpoint, train_seconds: float, history: list) -> dict:
@@ -223,7 +230,7 @@ def run_training(run: Run, progress: bool = True) -> dict:
     start = time.time()
     trainer = Trainer(run.model, loaders.train, loaders.validation, cfg.train,
                       evaluate=lambda m: score(m, 'validation'), monitor=monitor, output_dir=out, tokenizer=tok,
-                      progress=progress,
+                      progress=progress, batch_transform=loaders.batch_transform,
                       metadata=describe_run(cfg, data, loaders.answers))
     history = trainer.fit()
     train_seconds = time.time() - start

@@ -203,7 +203,8 @@ class Trainer:
     def __init__(self, model: nn.Module, train_loader, val_loader=None, config: TrainConfig = TrainConfig(),
                  step_fn: Optional[Callable] = None, evaluate: Optional[Callable[[nn.Module], dict]] = None,
                  monitor: str = 'val_loss', output_dir=None, tokenizer: Optional[CaptionTokenizer] = None,
-                 progress: bool = True, callbacks: Sequence = (), metadata: Optional[dict] = None):
+                 progress: bool = True, callbacks: Sequence = (), metadata: Optional[dict] = None,
+                 batch_transform: Optional[Callable] = None):
         self.config, self.evaluate, self.monitor, self.tokenizer = config, evaluate, monitor, tokenizer
         self.metadata = metadata or {}  # saved with each checkpoint beside the epoch's record (what reloads its data)
         self.step_fn = step_fn if step_fn is not None else ModelStep(config.contrastive_loss, config.task_weighting)
@@ -212,6 +213,8 @@ class Trainer:
         self.progress = progress and self.is_main
         self.output_dir = Path(output_dir) if output_dir else None
         self.device = process_device(config.device, local_rank, self.world)
+        # applied to the training batches' images on the device (e.g. `BatchAugment` of uint8 images)
+        self.batch_transform = batch_transform
         self.model = self._prepare_model(model)
         if isinstance(self.step_fn, nn.Module): self.step_fn.to(self.device)
         if self.world > 1: train_loader = distributed_loader(train_loader, self.rank, self.world, config.seed)
@@ -302,7 +305,7 @@ class Trainer:
         sync = contextlib.nullcontext() if last or self.world == 1 else self.ddp_model.no_sync()
         with sync:
             with autocast_context(self.device, self.config.precision):
-                loss, logs = self.step_fn(self.ddp_model, to_device(batch, self.device))
+                loss, logs = self.step_fn(self.ddp_model, self._train_batch(batch))
             if all_finite(loss):
                 self.scaler.scale(loss / size).backward()
                 acc.loss += loss.item() / size; acc.logs.append(logs)
@@ -379,8 +382,14 @@ class Trainer:
         s = self.step_fn
         if not isinstance(s, ModelStep) or s.weighting is not None or self.config.task_weighting != 'uncertainty':
             return
-        with torch.no_grad(): s(self.model, to_device(next(iter(self.train_loader)), self.device))
+        with torch.no_grad(): s(self.model, self._train_batch(next(iter(self.train_loader))))
         s.to(self.device)
+
+    def _train_batch(self, batch: dict) -> dict:
+        "A training batch on the device, its images through `batch_transform` there."
+        batch = to_device(batch, self.device)
+        if self.batch_transform is not None and 'image' in batch: batch['image'] = self.batch_transform(batch['image'])
+        return batch
 
     def _extra_params(self) -> list:
         return list(self.step_fn.parameters()) if isinstance(self.step_fn, nn.Module) else []
