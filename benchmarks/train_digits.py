@@ -86,12 +86,14 @@ def main():
     mean = lambda name, k: statistics.mean(r[k] for r in rows[name])
     summary = {'zero_shot_acc': mean('memvlm', 'zero_shot_acc'), 'retrieval_r1_i2t': mean('memvlm', 'retrieval_r1_i2t'),
                'seconds': mean('memvlm', 'seconds'), 'min_zero_shot_acc': min(r['zero_shot_acc'] for r in rows['memvlm']),
+               'max_seconds': max(r['seconds'] for r in rows['memvlm']),
                'seeds': args.seeds, 'threads': torch.get_num_threads()}
     if 'open_clip' in rows:
         summary.update({'open_clip_zero_shot_acc': mean('open_clip', 'zero_shot_acc'), 'open_clip_seconds': mean('open_clip', 'seconds'),
                         'speedup_vs_open_clip': mean('open_clip', 'seconds') / summary['seconds'],
                         'step_speedup_vs_open_clip': mean('open_clip', 'step_ms') / mean('memvlm', 'step_ms')})
-    print(f"\nmemvlm: {summary['zero_shot_acc']:.2%} zero-shot in {summary['seconds']:.0f} s (target: >= 98% within 120 s)")
+    print(f"\nmemvlm: {summary['zero_shot_acc']:.2%} zero-shot in {summary['seconds']:.0f} s on average; worst seed "
+          f"{summary['min_zero_shot_acc']:.2%}, slowest {summary['max_seconds']:.0f} s (target: >= 98.5% within 45 s, every seed)")
     if 'open_clip' in rows:
         print(f"open_clip reference: {summary['open_clip_zero_shot_acc']:.2%} in {summary['open_clip_seconds']:.0f} s; "
               f"memvlm is {summary['speedup_vs_open_clip']:.2f}x faster end to end, {summary['step_speedup_vs_open_clip']:.2f}x per step")

@@ -309,10 +309,10 @@ def checkpoint_data(ck: Checkpoint, checkpoint, dataset: Optional[str] = None) -
     return dataset_from_config(dc, dc.data_dir or default_data_dir())
 
 def checkpoint_resize(ck: Checkpoint, checkpoint) -> str:
-    """How the checkpoint's training made images square (`squash` for an old checkpoint that does not say, as memvlm
-    then always did)."""
+    """How the checkpoint's training made images square: what its data options record, else the model's own policy
+    (`squash` for memvlm's own towers, as memvlm always did before checkpoints recorded it)."""
     dc = checkpoint_data_config(ck, checkpoint)
-    return dc.resize if dc is not None else 'squash'
+    return (dc.resize if dc is not None else None) or getattr(ck.model.config, 'resize', 'squash')
 
 def label_names(ck: Checkpoint, checkpoint, dataset: Optional[str] = None) -> LabelNames:
     """Class, tag and answer names from the checkpoint (or from `dataset`, or the data an older checkpoint's run trained

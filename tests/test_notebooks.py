@@ -5,6 +5,7 @@ import pytest
 from nbdev.config import get_config
 from nbdev.test import test_nb as run_notebook  # renamed so pytest does not collect it
 
+from memvlm import registry
 from memvlm.encoders import open_clip_towers_supported
 
 NBS = Path(__file__).resolve().parent.parent / 'nbs'
@@ -16,5 +17,10 @@ def test_notebook(notebook, monkeypatch):
     monkeypatch.setenv('MPLBACKEND', 'agg')
     skip_flags = get_config().tst_flags.split('|')  # cells marked slow, gpu or network are skipped, as nbdev_test does
     if not open_clip_towers_supported(): skip_flags.append('open_clip_towers')  # cells that build open_clip towers need open_clip >= 3.1
-    ok, _ = run_notebook(notebook, skip_flags=skip_flags, showerr=True)
+    # a chapter run in this process registers its own copies of the architectures (07_models defines MemoryCLIP anew):
+    # the library's registry is put back afterwards, so later tests build the library's classes
+    saved = dict(registry.ARCHITECTURES), dict(registry.MODEL_CONFIGS)
+    try: ok, _ = run_notebook(notebook, skip_flags=skip_flags, showerr=True)
+    finally:
+        for table, before in zip((registry.ARCHITECTURES, registry.MODEL_CONFIGS), saved): table.clear(); table.update(before)
     assert ok, f'{notebook.name} failed; the traceback is printed above'
