@@ -7,13 +7,35 @@ import pytest
 
 
 @pytest.fixture
-def memvlm_cli(tmp_path):
-    """Run the `memvlm` console script in a clean environment (no MEMVLM_* from the caller) and return the result."""
+def memvlm_script(tmp_path):
+    """Run the `memvlm` console script in a fresh process, in a clean environment (no MEMVLM_* from the caller), and
+    return the result: what a user's terminal does."""
     def run(*args, env=None, timeout=600):
         base = {k: v for k, v in os.environ.items() if not k.startswith('MEMVLM_')}
         exe = Path(sys.executable).with_name('memvlm')
         return subprocess.run([str(exe), *args], cwd=tmp_path, env={**base, **(env or {})}, capture_output=True,
                               text=True, timeout=timeout)
+    return run
+
+
+@pytest.fixture
+def memvlm_cli(tmp_path, monkeypatch):
+    """Run `memvlm ARGS` as the console script would (`memvlm.cli.main`, the exit status, stdout and stderr), but in
+    this process: the same environment rules (no MEMVLM_* from the caller, `env` added) and working folder, without
+    paying torch's import for every command. `memvlm_script` runs the real console script."""
+    import contextlib
+    import io
+    from memvlm.cli import main
+    def run(*args, env=None, timeout=None):
+        out, err = io.StringIO(), io.StringIO()
+        with monkeypatch.context() as m:
+            for k in [k for k in os.environ if k.startswith('MEMVLM_')]: m.delenv(k)
+            for k, v in (env or {}).items(): m.setenv(k, v)
+            m.chdir(tmp_path)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try: code = main(list(args))
+                except SystemExit as e: code = e.code if isinstance(e.code, int) else 1  # argparse's --help and errors
+        return subprocess.CompletedProcess(['memvlm', *args], code, out.getvalue(), err.getvalue())
     return run
 
 
