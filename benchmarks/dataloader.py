@@ -85,15 +85,15 @@ def photo_bench(csv: str, workers: int, repeats: int, batch: int = 64) -> list[d
     import open_clip
     from memvlm.data import BatchAugment, CaptionTokenizer, ImageTextDataset, image_transform, load_csv_captions, make_loader
     from memvlm.models import OPENAI_MEAN, OPENAI_STD
+    import datasets
     data = load_csv_captions(csv)
-    rows = data['train']
+    rows = datasets.concatenate_datasets(list(data.splits.values()))  # every photo, as open_clip's CsvDataset reads
     tok = CaptionTokenizer.build([c for caps in rows['captions'] for c in caps], 77, 'full')
     augment = BatchAugment(OPENAI_MEAN, OPENAI_STD)
     def memvlm_loader(cache_mb):
         ds = ImageTextDataset(rows, tok, image_transform(224, resize='crop', uint8=True), cache_mb=cache_mb)
         return make_loader(ds, batch, train=True, num_workers=workers)
     theirs = OpenClipCsvDataset(csv, open_clip.image_transform(224, is_train=True), tokenizer=open_clip.get_tokenizer('ViT-B-32'))
-    # memvlm reads its train split (70% of the photos), open_clip the whole CSV: images per second compare alike
     loaders = {'memvlm': memvlm_loader(0), 'memvlm, image cache': memvlm_loader(1024),
                'open_clip': torch.utils.data.DataLoader(theirs, batch_size=batch, shuffle=True, num_workers=workers,
                                                         drop_last=True)}
@@ -135,7 +135,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--workers', type=int, nargs='+', default=sorted({default_workers, 2}), help='loader worker counts to measure')
     p.add_argument('--repeats', type=int, default=5)
-    p.add_argument('--photos', type=int, default=256, help='JPEGs in the photo case (0: skip it)')
+    p.add_argument('--photos', type=int, default=512, help='JPEGs in the photo case (0: skip it)')
     args = p.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     rows = []
