@@ -55,11 +55,17 @@ def count_parameters(name_or_config) -> int:
         model = architecture_of(config)(config)  # the same count, from real (CPU) weights
     return sum(p.numel() for p in model.parameters())
 
+def _count_or_why(name: str):
+    "The parameter count of `name`, or why it cannot be built here (e.g. a library it needs is too old)."
+    try: return count_parameters(name)
+    except ImportError as e: return f'not here: {e}'
+
 def list_models(with_params: bool = False) -> list:
-    "Names `create_model` accepts; `with_params=True`: (name, architecture, parameter count) rows instead."
+    """Names `create_model` accepts; `with_params=True`: (name, architecture, parameter count) rows instead, the count
+    saying why where the model cannot be built with the libraries installed."""
     names = sorted(MODEL_CONFIGS)
     if not with_params: return names
-    return [(n, architecture_of(MODEL_CONFIGS[n]).__name__, count_parameters(n)) for n in names]
+    return [(n, architecture_of(MODEL_CONFIGS[n]).__name__, _count_or_why(n)) for n in names]
 
 def model_config(name_or_config, **overrides):
     "The registered config `name_or_config` (or a config object) with `overrides` applied; `None` values are ignored."
