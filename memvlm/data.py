@@ -63,7 +63,8 @@ class ImageTextDataset(torch.utils.data.Dataset):
         self._keep_tensors = bool(getattr(transform, 'deterministic', False))
         # images decoded here, JPEGs at a reduced scale when the transform's size allows (`open_image`'s draft)
         self._draft = getattr(transform, 'image_size', None)
-        self._encoded = split.cast_column('image', datasets.Image(decode=False)) if self.has_images else None
+        self._encoded = split.select_columns(['image']).cast_column('image', datasets.Image(decode=False)) \
+            if self.has_images else None  # the image column alone: a row read then reads no captions
         self._images = self._decode_images(cache_mb) if self.has_images and cache_mb > 0 else []
         if task == 'vqa':  # answers are classes; the train split's answers unless given (pass them to other splits)
             self.answers = list(answers) if answers is not None else answer_classes(split)
@@ -73,7 +74,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
         """Images decoded once, in order, while they fit in `cache_mb` MB (as the transform's tensors when it is
         deterministic): every epoch, and workers forked later, reuse them."""
         out, budget = [], cache_mb * 2**20
-        for row in self._encoded.select_columns(['image']):
+        for row in self._encoded:
             image = open_image(row['image'], draft=self._draft)
             item = self.transform(image) if self._keep_tensors else image
             budget -= item.nbytes if self._keep_tensors else item.width * item.height * len(item.getbands())
