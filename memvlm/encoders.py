@@ -225,6 +225,11 @@ def open_clip_towers_supported() -> bool:
     try: return Version(version('open-clip-torch')) >= Version(OPEN_CLIP_TOWERS_NEED)
     except PackageNotFoundError: return False
 
+def _full_context(input_ids: torch.Tensor, context_length: int) -> torch.Tensor:
+    "open_clip's text towers read their whole context (fixed positions, end-of-text pooling): pad with 0, its pad."
+    if input_ids.shape[1] >= context_length: return input_ids
+    return F.pad(input_ids, (0, context_length - input_ids.shape[1]))
+
 def _open_clip_model(model_name: str, pretrained, custom_text: bool = True):
     "An open_clip model by name (an unknown one lists the names open_clip has) with `pretrained` weights, if any."
     from packaging.version import Version
@@ -281,8 +286,7 @@ class OpenCLIPTextEncoder(nn.Module):
         self.width, self.context_length = self.text.width, self.text.context_length
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> EncoderOutput:
         from open_clip.transformer import text_global_pool
-        if input_ids.shape[1] < self.context_length:  # open_clip's towers expect the full context: pad with 0, its pad
-            input_ids = F.pad(input_ids, (0, self.context_length - input_ids.shape[1]))
+        input_ids = _full_context(input_ids, self.context_length)
         t = self.text
         x, attn_mask = t._embeds(input_ids)
         x = t.ln_final(t.transformer(x, attn_mask=attn_mask))
@@ -339,9 +343,7 @@ class OpenCLIPTowers(nn.Module):
         return pooled @ v.proj if v.proj is not None else pooled
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        n = self.clip.context_length  # the tower's positions are fixed: pad with 0 (open_clip's pad) to fill them
-        if input_ids.shape[1] < n: input_ids = F.pad(input_ids, (0, n - input_ids.shape[1]))
-        return self.clip.encode_text(input_ids)
+        return self.clip.encode_text(_full_context(input_ids, self.clip.context_length))
 
     def set_grad_checkpointing(self, enable: bool = True):
         self.clip.set_grad_checkpointing(enable); self.grad_checkpointing = enable

@@ -136,7 +136,7 @@ def _contrastive_loss(out, kind: str = 'clip', logit_bias=None, gather: bool = T
         acc = ((img @ txt.T).argmax(-1) == torch.arange(len(img), device=img.device)).float().mean().item()
     return loss, {'logit_scale': float(scale.detach()) if torch.is_tensor(scale) else float(scale), 'batch_acc': acc}
 
-def _loss_terms(out, batch: dict) -> dict:
+def _loss_terms(out) -> dict:
     terms = getattr(out, 'loss_terms', None)
     if not terms:
         raise ValueError(f'{type(out).__name__} has neither image/text embeddings nor loss_terms: model_step cannot '
@@ -155,7 +155,7 @@ def model_step(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
     "The default step: CLIP loss for dual encoders (features gathered across processes), else the sum of `loss_terms`."
     out = call_model(model, batch)
     if _is_dual_encoder(out): return _contrastive_loss(out)
-    terms = _loss_terms(out, batch)
+    terms = _loss_terms(out)
     return sum(terms.values()), _term_logs(out, batch, terms)
 
 contrastive_step = model_step  # the name the dual-encoder chapters use
@@ -182,7 +182,7 @@ class ModelStep(nn.Module):
     def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         out = call_model(model, batch)
         if _is_dual_encoder(out): return _contrastive_loss(out, self.contrastive, self.logit_bias, self.gather)
-        terms = _loss_terms(out, batch)
+        terms = _loss_terms(out)
         if self.weighting_kind == 'uncertainty': self.prepare(list(terms))
         loss = self.weighting(terms) if self.weighting is not None else sum(terms.values())
         return loss, _term_logs(out, batch, terms)
