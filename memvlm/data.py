@@ -55,7 +55,9 @@ class ImageTextDataset(torch.utils.data.Dataset):
         _check_targets(task, cols, self.tagnames)
         self.split, self.tokenizer, self.transform, self.caption, self.seed = split, tokenizer, transform, caption, seed
         self.task, self.modality_dropout = task, modality_dropout
-        self.labelled, self.epoch, self._tokens = 'label' in cols, 0, {}
+        self.labelled, self._tokens = 'label' in cols, {}
+        # in shared memory: loader workers that persist from epoch to epoch see `set_epoch`
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
         self.has_images = 'image' in cols
         # text columns as Python lists: a row read through `datasets` costs more than the sample's whole transform
         self._columns = split.select_columns([c for c in cols if c != 'image']).to_dict()
@@ -83,7 +85,9 @@ class ImageTextDataset(torch.utils.data.Dataset):
         return out
 
     def __len__(self): return len(self.split)
-    def set_epoch(self, epoch: int): self.epoch = epoch
+    def set_epoch(self, epoch: int): self._epoch.fill_(epoch)
+    @property
+    def epoch(self) -> int: return int(self._epoch)
 
     def _tokenize(self, caption: str):
         if caption not in self._tokens:
@@ -135,7 +139,8 @@ def make_loader(dataset: ImageTextDataset, batch_size: int, train: bool = False,
                 seed: int = 0) -> torch.utils.data.DataLoader:
     "A DataLoader in the batch format; training loaders shuffle reproducibly and drop a last partial batch."
     g = torch.Generator().manual_seed(seed)
-    # workers are started afresh each epoch (not persistent) so they see the dataset's `set_epoch`
+    # workers persist from epoch to epoch: no start-up each epoch; `set_epoch` reaches them through shared memory
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train,
                                        drop_last=train and len(dataset) > batch_size, num_workers=num_workers,
-                                       collate_fn=collate, generator=g, pin_memory=torch.cuda.is_available())
+                                       collate_fn=collate, generator=g, pin_memory=torch.cuda.is_available(),
+                                       persistent_workers=num_workers > 0)

@@ -71,8 +71,9 @@ def prompts_from_templates(classnames: Sequence[str],
 def zero_shot_classifier(model: nn.Module, tokenizer: CaptionTokenizer, class_prompts: Sequence[Sequence[str]],
                          device='cpu') -> torch.Tensor:
     "(C, D) class embeddings: the normalised mean of each class's prompt embeddings."
-    return torch.stack([F.normalize(embed_texts(model, tokenizer, prompts, device).mean(0), dim=-1)
-                        for prompts in class_prompts])
+    counts = [len(prompts) for prompts in class_prompts]
+    embeds = embed_texts(model, tokenizer, [p for prompts in class_prompts for p in prompts], device)  # one pass
+    return torch.stack([F.normalize(e.mean(0), dim=-1) for e in embeds.split(counts)])
 
 def zero_shot_accuracy(image_embeds: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor) -> float:
     "Fraction of images whose most similar class embedding is their label's."

@@ -1,4 +1,5 @@
-"""Data loading across processes: worker processes must see the epoch, or captions stop being redrawn."""
+"""Data loading across processes: worker processes, which persist from epoch to epoch, must see the epoch, or captions
+stop being redrawn."""
 from memvlm.data import CaptionTokenizer, ImageTextDataset, image_transform, load_digits_captions, make_loader
 
 
@@ -8,6 +9,7 @@ def captions_per_epoch(num_workers):
     tok = CaptionTokenizer.build([c for caps in split['captions'] for c in caps])
     ds = ImageTextDataset(split, tok, image_transform(32), seed=0)
     loader = make_loader(ds, 16, train=False, num_workers=num_workers)
+    assert loader.persistent_workers == (num_workers > 0)
     seen = []
     for epoch in range(2):
         ds.set_epoch(epoch)
