@@ -48,15 +48,22 @@ def _augmentations(augmentation: str, mean: Sequence[float]) -> list:
     if augmentation == 'trivialaugment': return [T.TrivialAugmentWide()]
     return []
 
+def _resize_square(img: Image.Image, size: int, resize: str) -> Image.Image:
+    """`img` square at `size` by `resize`, in one (antialiased bilinear) PIL resize: `crop` resizes the centred square
+    alone, rather than resizing everything and cropping after; `pad` first pastes the image on black."""
+    if resize == 'pad': img = _pad_square(img)
+    w, h = img.size
+    side = min(w, h) if resize == 'crop' else None
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2) if side else None
+    return img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+
 def _square(image_size: int, resize: str, crop_flip: bool) -> list:
     "Make an image square at `image_size` by `resize`; with `crop_flip`, open_clip's random training crop and a flip."
-    bilinear, size = T.InterpolationMode.BILINEAR, (image_size, image_size)
+    if not crop_flip: return [T.Lambda(partial(_resize_square, size=image_size, resize=resize))]
     ops = [T.Lambda(_pad_square)] if resize == 'pad' else []
-    if crop_flip:
-        return ops + [T.RandomResizedCrop(size, scale=(0.9, 1.0), interpolation=bilinear, antialias=True),
-                      T.RandomHorizontalFlip()]
-    if resize == 'crop': return ops + [T.Resize(image_size, interpolation=bilinear, antialias=True), T.CenterCrop(size)]
-    return ops + [T.Resize(size, interpolation=bilinear, antialias=True)]
+    return ops + [T.RandomResizedCrop((image_size, image_size), scale=(0.9, 1.0),
+                                      interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+                  T.RandomHorizontalFlip()]
 
 def image_transform(image_size: int, train: bool = False, augment: bool = False,
                     mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
@@ -82,6 +89,13 @@ def image_transform(image_size: int, train: bool = False, augment: bool = False,
     return transform
 
 # %% ../nbs/01e_transforms.ipynb #52f87d6f
+def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """`F.affine_grid(theta, (B, C, height, width), align_corners=False)` by broadcasting each pixel's centre through
+    the (B, 2, 3) `theta`: several times faster on the CPU than its batched matrix product."""
+    xs, ys = ((torch.arange(n, device=theta.device, dtype=theta.dtype) * 2 + 1) / n - 1 for n in (width, height))
+    t = theta[:, None, None]  # (B, 1, 1, 2, 3): one (x, y) output per pixel
+    return xs.view(1, 1, -1, 1) * t[..., 0] + (ys.view(1, -1, 1, 1) * t[..., 1] + t[..., 2])
+
 class BatchAugment(torch.nn.Module):
     """Random rotation (up to `degrees`) and shift (up to `translate` of the size) of each image of a uint8 (B, 3, H, W)
     batch, by one `grid_sample` where the batch is, then normalisation with `mean` and `std`; `augment=False`:
@@ -104,7 +118,7 @@ class BatchAugment(torch.nn.Module):
             shift = (torch.rand(B, 2, device=device) * 2 - 1) * 2 * self.translate  # grid coordinates span 2
             cos, sin = angle.cos(), angle.sin()
             theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            grid = _affine_grid(theta, *x.shape[-2:])
             x = F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
         if self.scale.device != x.device: self.to(x.device)  # once: the buffers then live where the batches do
         return x.mul_(self.scale).add_(self.offset)
