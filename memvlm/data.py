@@ -10,6 +10,7 @@ import random
 from typing import Callable, Optional, Sequence
 
 import datasets
+import numpy as np
 import torch
 
 from . import bundled, images, sources, tokenizer, transforms
@@ -58,6 +59,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
         self.labelled, self._tokens = 'label' in cols, {}
         # in shared memory: loader workers that persist from epoch to epoch see `set_epoch`
         self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+        self._seeded_epoch = None  # the epoch a loader worker last seeded its generators for
         self.has_images = 'image' in cols
         # text columns as Python lists: a row read through `datasets` costs more than the sample's whole transform
         self._columns = split.select_columns([c for c in cols if c != 'image']).to_dict()
@@ -89,6 +91,16 @@ class ImageTextDataset(torch.utils.data.Dataset):
     @property
     def epoch(self) -> int: return int(self._epoch)
 
+    def _seed_worker(self):
+        """In a loader worker, at each new epoch, seed the generators random transforms draw from by (seed, epoch,
+        worker): the worker persists across epochs, yet a resumed run draws the same augmentations as one never
+        stopped."""
+        info = torch.utils.data.get_worker_info()
+        if info is None or self._seeded_epoch == self.epoch: return
+        self._seeded_epoch = self.epoch
+        seed = hash((self.seed, self.epoch, info.id)) % 2**32
+        random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+
     def _tokenize(self, caption: str):
         if caption not in self._tokens:
             out = self.tokenizer([caption])
@@ -97,6 +109,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         i = int(i)
+        if not self._keep_tensors: self._seed_worker()  # its transform draws random numbers
         row = {k: v[i] for k, v in self._columns.items()}
         captions = row['captions']
         rng = random.Random(hash((self.seed, self.epoch, i)))

@@ -176,7 +176,8 @@ def distributed_loader(loader: torch.utils.data.DataLoader, rank: int, world: in
                                                   seed=seed, drop_last=shuffle)
     return torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size // world, sampler=sampler,
                                        num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                                       drop_last=loader.drop_last, pin_memory=loader.pin_memory)
+                                       drop_last=loader.drop_last, pin_memory=loader.pin_memory,
+                                       persistent_workers=loader.persistent_workers)
 
 def all_finite(value: torch.Tensor) -> bool:
     "True when `value` is finite in every process (all processes must agree to skip a step together)."
