@@ -5,8 +5,8 @@ transform, augmentation as configured, `DataConfig.num_workers` workers unless -
 digits-captions (images decoded from the Arrow table) and a CSV image folder (PNG files written by `write_digits_csv`,
 decoded from disk on every read). The step is the digits job's: memclip-tiny with the compact vocabulary, the default batch
 size and precision, the Trainer's step function and optimizer, on the loader's own batches. Loader and step are timed
-alternately in one process (a training epoch of the loader from a fresh iterator, as the Trainer runs it, then a step, ...)
-and medians compared, so load drifts hit both.
+alternately in one process (a training epoch of the loader as the Trainer runs it, then a step, ...) and medians
+compared, so load drifts hit both.
 
 Photos: JPEGs of mixed sizes (640x480 to 1280x960, landscape and portrait) read at 224 px, memvlm's training pipeline
 (JPEG draft decoding at reduced scale, one resize of the centred square to uint8) against open_clip's own
@@ -124,7 +124,7 @@ def bench(name: str, loader, tok, repeats: int) -> dict:
     first = next(iter(loader))
     step = memvlm_step(model, {**first, 'image': augment(first['image'])}, cfg.train.precision, cfg.train.lr)
     epochs = iter(range(10 ** 6))
-    def epoch():  # one epoch from a fresh iterator, as the Trainer runs it: worker start-up (if any) included
+    def epoch():  # one epoch, as the Trainer runs it (persistent workers start once, in the warm-up)
         loader.dataset.set_epoch(next(epochs))
         for b in loader: augment(b['image'])
     times = interleaved_times({'loader': epoch, 'step': step}, repeats=repeats, warmup=1)
