@@ -91,7 +91,7 @@ def image_transform(image_size: int, train: bool = False, augment: bool = False,
 # %% ../nbs/01e_transforms.ipynb #52f87d6f
 def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """`F.affine_grid(theta, (B, C, height, width), align_corners=False)` by broadcasting each pixel's centre through
-    the (B, 2, 3) `theta`: several times faster on the CPU than its batched matrix product."""
+    the (B, 2, 3) `theta`: about three times faster on the CPU than its batched matrix product."""
     xs, ys = ((torch.arange(n, device=theta.device, dtype=theta.dtype) * 2 + 1) / n - 1 for n in (width, height))
     t = theta[:, None, None]  # (B, 1, 1, 2, 3): one (x, y) output per pixel
     return xs.view(1, 1, -1, 1) * t[..., 0] + (ys.view(1, -1, 1, 1) * t[..., 1] + t[..., 2])
