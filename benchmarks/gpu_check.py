@@ -41,14 +41,13 @@ def mfu_rows(batch: int, repeats: int, device, peak: float) -> tuple[list, dict]
     base = create_model('memclip-base', vocab_size=49408).to(device).train()
     b16, reference = pretrained_pair({'open_clip': 'ViT-B-16'}, 0)
     b16, reference = b16.to(device).train(), reference.to(device).train()
-    big = photo_batch(batch, device)
     for name, model in (('memclip-base', base), ('memclip-vit-b-16', b16)):
-        b = photo_batch(batch, device, model.config.context_length)
+        b = photo_batch(batch, device, model.config.context_length)  # the last: ViT-B/16's, open_clip's 77 tokens
         flops = step_flops(model, b, 'bf16', device)
         seconds = median(interleaved_times({name: memvlm_step(model, b, 'bf16')}, repeats=repeats)[name])
         rows.append({'model': name, 'batch': batch, 'ms_per_step': 1000 * seconds, 'tflops': flops / seconds / 1e12,
                      'mfu': flops / seconds / peak})
-    return rows, {'memvlm': b16, 'open_clip': reference, 'batch': big}
+    return rows, {'memvlm': b16, 'open_clip': reference, 'batch': b}
 
 
 def loader_images_per_s(workers: int, photos: int, batch: int, device) -> float:

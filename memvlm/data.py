@@ -91,15 +91,20 @@ class ImageTextDataset(torch.utils.data.Dataset):
     @property
     def epoch(self) -> int: return int(self._epoch)
 
-    def _seed_worker(self):
+    def _seed_worker(self, epoch: int):
         """In a loader worker, at each new epoch, seed the generators random transforms draw from by (seed, epoch,
         worker): the worker persists across epochs, yet a resumed run draws the same augmentations as one never
         stopped."""
         info = torch.utils.data.get_worker_info()
-        if info is None or self._seeded_epoch == self.epoch: return
-        self._seeded_epoch = self.epoch
-        seed = hash((self.seed, self.epoch, info.id)) % 2**32
+        if info is None or self._seeded_epoch == epoch: return
+        self._seeded_epoch = epoch
+        seed = hash((self.seed, epoch, info.id)) % 2**32
         random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+
+    def _image(self, i: int) -> torch.Tensor:
+        "Image `i` through the transform: the cache's tensor or image when it holds it, else decoded now."
+        if i >= len(self._images): return self.transform(open_image(self._encoded[i]['image'], draft=self._draft))
+        return self._images[i] if self._keep_tensors else self.transform(self._images[i])
 
     def _tokenize(self, caption: str):
         if caption not in self._tokens:
@@ -108,17 +113,15 @@ class ImageTextDataset(torch.utils.data.Dataset):
         return self._tokens[caption]
 
     def __getitem__(self, i: int) -> dict:
-        i = int(i)
-        if not self._keep_tensors: self._seed_worker()  # its transform draws random numbers
+        i, epoch = int(i), self.epoch
+        if not self._keep_tensors: self._seed_worker(epoch)  # its transform draws random numbers
         row = {k: v[i] for k, v in self._columns.items()}
         captions = row['captions']
-        rng = random.Random(hash((self.seed, self.epoch, i)))
+        rng = random.Random(hash((self.seed, epoch, i)))
         pick = rng.randrange(len(captions)) if self.caption == 'random' else 0
         input_ids, attention_mask = self._tokenize(captions[pick])
         sample = {'input_ids': input_ids, 'attention_mask': attention_mask, 'caption': captions[pick]}
-        if self.has_images and i < len(self._images):
-            sample['image'] = self._images[i] if self._keep_tensors else self.transform(self._images[i])
-        elif self.has_images: sample['image'] = self.transform(open_image(self._encoded[i]['image'], draft=self._draft))
+        if self.has_images: sample['image'] = self._image(i)
         if self.labelled: sample['label'] = row['label']
         if 'value' in row: sample['value'] = torch.tensor(row['value'], dtype=torch.float32)
         if self.tagnames is not None:
