@@ -206,12 +206,12 @@ def run_dataset(name: str, args) -> dict:
     shot_images, shot_names = train_images[idx], [names[int(c)] for c in train_labels[idx]]
     shot_emb = model.encode_image(shot_images)
     def write_with_encoding(): model.forget(); model.memorize(shot_images, shot_names)
-    def write_embeddings(): model.forget(); model.episodic.write(shot_emb, shot_names)
+    def write_embeddings(): model.forget(); model.concept_memory.write(shot_emb, shot_names)
     write_ms, write_ms_no_encode = timed(write_with_encoding), timed(write_embeddings)
     model.forget()
     sequence = []
     for i in range(100):  # 100 successive writes of new concepts: the memory grows to 500 concepts and 2,500 items
-        start = time.perf_counter(); model.episodic.write(shot_emb, [f'{n} #{i}' for n in shot_names])
+        start = time.perf_counter(); model.concept_memory.write(shot_emb, [f'{n} #{i}' for n in shot_names])
         sequence.append(1000 * (time.perf_counter() - start))
     model.forget()
 

@@ -24,7 +24,7 @@ from bench_utils import interleaved_times, machine, median, print_table
 class NaiveMemory:
     "The same memory written and read one item at a time, with the exact pseudo-inverse recomputed for each item."
     def __init__(self, prior: torch.Tensor): self.prior, self.memory = prior, prior.clone()
-    def clear(self): self.memory = self.prior.clone()
+    def forget(self): self.memory = self.prior.clone()
 
     def write(self, z: torch.Tensor):
         m = self.memory
@@ -59,11 +59,11 @@ def bench(n: int, slots: int, dim: int, repeats: int, device: torch.device) -> d
 
     # at 10,000 items the naive memory would take minutes: it is timed on the first 1,000 (its cost per item is constant) and scaled
     naive_items, scale = (items[:1000], n / 1000) if n > 1000 else (items, 1.0)
-    def write(mem, z): return lambda: (mem.clear(), mem.write(z))
+    def write(mem, z): return lambda: (mem.forget(), mem.write(z))
     times = interleaved_times({'memvlm': write(fast, items), 'naive': write(naive, naive_items)}, repeats=naive_repeats, warmup=1)
     times['naive'] = [t * scale for t in times['naive']]
     if naive_repeats < repeats: times['memvlm'] += interleaved_times({'memvlm': write(fast, items)}, repeats=repeats - naive_repeats, warmup=0)['memvlm']
-    fast.clear(); fast.write(items); naive.clear(); naive.write(items)  # both hold the episode for the reads
+    fast.forget(); fast.write(items); naive.forget(); naive.write(items)  # both hold the episode for the reads
     with torch.no_grad():
         reads = interleaved_times({'memvlm': lambda: fast.read(queries), 'naive': lambda: naive.read(queries[:1000])}, repeats=naive_repeats, warmup=1)
         reads['naive'] = [t * scale for t in reads['naive']]

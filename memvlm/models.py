@@ -20,7 +20,8 @@ from safetensors.torch import load_model
 from .tasks import TARGET_KEYS, TASKS, task_parts
 from .registry import (ARCHITECTURES, MODEL_CONFIGS, Checkpoint, architecture_of, atomic_file,  # noqa: F401
                              atomic_folder, count_parameters, create_model, list_models, load_checkpoint, model_config,
-                             model_transform, preprocessing, register_architecture, register_model, save_checkpoint)
+                             model_transform, preprocessing, register_architecture, register_model, rename_state,
+                             save_checkpoint)
 from .layers import MemoryTokens, init_linear
 from .encoders import (CNNEncoder, LSTMEncoder, OpenCLIPTextEncoder, OpenCLIPTowers, OpenCLIPVisionEncoder,
                              TextEncoder, TimmEncoder, ViTEncoder, encoder_blocks, freeze, load_open_clip_weights,
@@ -92,7 +93,11 @@ class MemoryCLIP(nn.Module):
         if c.towers: self._open_clip_towers(c)
         else: self._own_towers(c)
         # buffers only: empty until set_memory_prior and memorize, untouched by training
-        self.episodic = ConceptMemory(c.embed_dim)
+        self.concept_memory = ConceptMemory(c.embed_dim)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        rename_state(state_dict, prefix + 'episodic.', prefix + 'concept_memory.')  # its name before memvlm 0.1.0
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _own_towers(self, c: MemoryCLIPConfig):
         self.visual = ViTEncoder(c.image_size, c.patch_size, c.vision_width, c.vision_depth, c.vision_heads,
@@ -201,7 +206,7 @@ class MemoryCLIP(nn.Module):
         """The episodic memory's base statistics from unit-length embeddings of the training images (with their labels
         and class names where the data has them), its claims calibrated on `held_out` embeddings of other base
         images; `memvlm train` calls it at the end of training."""
-        return self.episodic.set_prior(image_embeds.float(), labels, classnames,
+        return self.concept_memory.set_prior(image_embeds.float(), labels, classnames,
                                        None if held_out is None else held_out.float(), held_out_labels)
 
     @torch.no_grad()
@@ -211,7 +216,7 @@ class MemoryCLIP(nn.Module):
         captions = [captions] if isinstance(captions, str) else list(captions)
         if len(captions) != len(images):
             raise ValueError(f'{len(images)} images but {len(captions)} captions: give one caption per image')
-        if not self.episodic.has_prior:
+        if not self.concept_memory.has_prior:
             raise RuntimeError('this model has no base statistics for its episodic memory: checkpoints of memvlm train '
                                'have them; otherwise call '
                                'model.set_memory_prior(model.encode_image(train_images), labels, classnames) once, '
@@ -219,15 +224,15 @@ class MemoryCLIP(nn.Module):
         bad = [i for i, c in enumerate(captions) if not isinstance(c, str) or not c.strip()]
         if bad: raise ValueError(f'captions must be non-empty text; items {bad[:5]} are '
                                  f'{[captions[i] for i in bad[:5]]!r}')
-        return self.episodic.write(self._embed(images), [c.strip() for c in captions])
+        return self.concept_memory.write(self._embed(images), [c.strip() for c in captions])
 
     def forget(self, concept: Optional[str] = None):
         "Forget one memorised concept, or all of them (`None`): the model answers as it did before memorising it."
-        self.episodic.forget(concept)
+        self.concept_memory.forget(concept)
 
     def memory_concepts(self) -> dict:
         "The memorised concepts and how many examples each was taught from."
-        return self.episodic.counts()
+        return self.concept_memory.counts()
 
     def classify(self, image_embeds: torch.Tensor, classnames: Sequence[str],
                  classifier: torch.Tensor) -> Classification:
@@ -237,11 +242,11 @@ class MemoryCLIP(nn.Module):
         if classifier.shape[0] != len(classnames): raise ValueError(f'{len(classnames)} class names but '
                                                                     f'{classifier.shape[0]} class embeddings')
         zero_shot = (image_embeds.float() @ classifier.float().to(image_embeds.device).T).argmax(1)
-        if not self.episodic.concepts:
+        if not self.concept_memory.concepts:
             return Classification(list(classnames), zero_shot, torch.zeros_like(zero_shot, dtype=torch.bool))
-        names = list(classnames) + [c for c in self.episodic.concepts if c not in classnames]
-        read = self.episodic.read(image_embeds.float(), names)
-        position = torch.tensor([names.index(c) for c in self.episodic.concepts], device=zero_shot.device)
+        names = list(classnames) + [c for c in self.concept_memory.concepts if c not in classnames]
+        read = self.concept_memory.read(image_embeds.float(), names)
+        position = torch.tensor([names.index(c) for c in self.concept_memory.concepts], device=zero_shot.device)
         return Classification(names, torch.where(read.claims, position[read.concept.clamp_min(0)], zero_shot),
                               read.claims)
 

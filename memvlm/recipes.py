@@ -398,11 +398,11 @@ def _memory_labels(model: MemoryCLIP, emb: torch.Tensor, classes: list, top: int
     """The memory's most probable concepts for one image embedding, or None where the memory does not answer (the
     image's best concept does not beat the model's own classes); the same read as `MemoryCLIP.classify`."""
     if not model.memory_concepts(): return None
-    read = model.episodic.read(emb, list(classes) + [c for c in model.episodic.concepts if c not in classes])
+    read = model.concept_memory.read(emb, list(classes) + [c for c in model.concept_memory.concepts if c not in classes])
     if not read.claims[0]: return None
     n = len(read.scores[0])  # the posterior over concepts and base anchors, shown over the concepts
     posterior = torch.cat([read.scores, read.anchor_scores], 1)[0].softmax(0)[:n]
-    return [{**row, 'source': 'memory'} for row in _top(posterior, model.episodic.concepts, top)]
+    return [{**row, 'source': 'memory'} for row in _top(posterior, model.concept_memory.concepts, top)]
 
 def _clip_prediction(model, tok, emb, texts, labels: Optional[LabelNames], device, top) -> dict:
     "A dual encoder's answer for one image embedding: similarity to each of `texts`, else its top labels."
@@ -457,7 +457,7 @@ def _ensure_prior(ck: Checkpoint, checkpoint, base_dataset: Optional[str], devic
     if base_dataset:  # the data the model was trained on, read with the options the checkpoint records
         fit_memory_prior(ck.model, checkpoint_data(ck, checkpoint, base_dataset), ck.tokenizer, device, resize,
                          batch_size)
-    elif not ck.model.episodic.has_prior:
+    elif not ck.model.concept_memory.has_prior:
         dc = checkpoint_data_config(ck, checkpoint)
         hint = f' (it was trained on {dc.dataset!r})' if dc else ''
         raise ValueError(f'{checkpoint} has no base statistics for its episodic memory: memvlm train saves them since '

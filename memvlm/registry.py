@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'MODEL_CONFIGS', 'register_architecture', 'architecture_of', 'register_model', 'count_parameters',
            'list_models', 'model_config', 'create_model', 'preprocessing', 'model_transform', 'Checkpoint',
-           'atomic_file', 'atomic_folder', 'save_checkpoint', 'load_checkpoint']
+           'atomic_file', 'atomic_folder', 'save_checkpoint', 'rename_state', 'load_checkpoint']
 
 # %% ../nbs/06a_registry.ipynb #379f1f45
 import contextlib
@@ -148,6 +148,10 @@ def save_checkpoint(model: nn.Module, folder, tokenizer: Optional[CaptionTokeniz
     atomic_file(folder / 'model.safetensors', lambda p: save_model(model, str(p)))
     atomic_file(folder / 'config.json', lambda p: p.write_text(json.dumps(info, indent=1)))
     return folder
+
+def rename_state(state_dict: dict, old: str, new: str):
+    "Move the entries of `state_dict` under prefix `old` to prefix `new`, so that checkpoints saved under an older name load."
+    for k in [k for k in state_dict if k.startswith(old)]: state_dict[new + k[len(old):]] = state_dict.pop(k)
 
 def _config_from_dict(config_class: type, d: dict):
     "Rebuild a (possibly nested) config dataclass from `asdict` output."

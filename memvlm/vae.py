@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .encoders import TextEncoder, ViTEncoder
 from .layers import Transformer, init_linear
 from .memory import EpisodicMemory
-from .models import register_model
+from .registry import register_model, rename_state
 
 # %% ../nbs/07a_vae.ipynb #da427656
 @dataclass
@@ -97,11 +97,15 @@ class MultimodalVAE(nn.Module):
         self.text = TextEncoder(c.vocab_size, c.context_length, c.text_width, c.text_depth, c.num_heads)
         self.image_to_latent = nn.Linear(c.vision_width, 2 * c.latent_dim)
         self.text_to_latent = nn.Linear(c.text_width, 2 * c.latent_dim)
-        self.episodic = EpisodicMemory(c.episodic_slots, c.latent_dim, read_noise_std=c.read_noise_std)
+        self.episodic_memory = EpisodicMemory(c.episodic_slots, c.latent_dim, read_noise_std=c.read_noise_std)
         self.caption_decoder = CaptionDecoder(c.vocab_size, c.context_length, 2 * c.latent_dim, c.decoder_width,
                                               c.decoder_depth, c.num_heads)
         self.image_decoder = ImageDecoder(2 * c.latent_dim, c.image_size)
         self.apply(init_linear)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        rename_state(state_dict, prefix + 'episodic.', prefix + 'episodic_memory.')  # its name before memvlm 0.1.0
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def bos_id(self) -> int: return self.config.vocab_size - 2  # open_clip's SOT/EOT: the two largest ids (both vocabs)
@@ -123,9 +127,9 @@ class MultimodalVAE(nn.Module):
                     noise_std: float = 0.0) -> torch.Tensor:
         "Memory read-out for latents `z`: the written memory (or `memory`, e.g. a training episode's); `z` while empty."
         if memory is None:
-            if self.episodic.is_empty: return z
-            memory = self.episodic.memory
-        return self.episodic.address(z, memory, noise_std=noise_std) @ memory.to(z.dtype)
+            if self.episodic_memory.is_empty: return z
+            memory = self.episodic_memory.memory
+        return self.episodic_memory.address(z, memory, noise_std=noise_std) @ memory.to(z.dtype)
 
     def forward(self, image: Optional[torch.Tensor] = None, input_ids: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None) -> VAEOutput:
@@ -136,7 +140,7 @@ class MultimodalVAE(nn.Module):
         mu, logvar = self.encode(image if use_image else None, input_ids, attention_mask)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
         if self.training:  # Larimar: the batch is an episode written into the (learnable) prior, then read back noisily
-            r = self.read_memory(z, self.episodic.solve(z, self.episodic.prior), noise_std=c.read_noise_std)
+            r = self.read_memory(z, self.episodic_memory.solve(z, self.episodic_memory.prior), noise_std=c.read_noise_std)
         else: r = self.read_memory(z)
         cond = torch.cat([z, r], -1)
         images = self.image_decoder(cond)
@@ -192,11 +196,11 @@ class MultimodalVAE(nn.Module):
         if len(set(n)) > 1: raise ValueError(f'{n[0]} images but {n[1]} captions: give one caption per image')
         was = self.training; self.eval()
         mu, _ = self.encode(image, input_ids, attention_mask)
-        self.episodic.write(mu)
+        self.episodic_memory.write(mu)
         self.train(was)
-        return self.episodic.capacity()
+        return self.episodic_memory.capacity()
 
-    def forget(self): self.episodic.clear()
+    def forget(self): self.episodic_memory.forget()
 
 # %% ../nbs/07a_vae.ipynb #451714e1
 register_model('vae-tiny', MultimodalVAEConfig(), MultimodalVAE)

@@ -139,12 +139,12 @@ class MemoryInspector:
         self.refresh()
 
     @property
-    def episodic(self): return getattr(self.model, 'episodic', None)
+    def concept_memory(self): return getattr(self.model, 'concept_memory', None)
 
     def refresh(self):
         "Redraw the summary and the plots (after `memorize` or `forget`)."
         sim = self._token_similarity()
-        counts = self.episodic.counts() if self.episodic is not None else {}
+        counts = self.concept_memory.counts() if self.concept_memory is not None else {}
         self.summary.value = '<br>'.join([self._tokens_line(sim), self._episodic_line(counts)])
         self.plot.value = _fig_png(self._plot(sim, counts))
         self.show_readout()
@@ -164,7 +164,7 @@ class MemoryInspector:
         return f'<b>memory tokens</b>: {len(sim)}{mean}'
 
     def _episodic_line(self, counts: dict) -> str:
-        ep = self.episodic
+        ep = self.concept_memory
         if ep is None: return f'<b>episodic memory</b>: none ({type(self.model).__name__} has no concept memory)'
         if not ep.has_prior: base = 'no base statistics yet (set_memory_prior)'
         elif ep.anchor_names:
@@ -191,7 +191,7 @@ class MemoryInspector:
     def readout(self, index: int, k: int = 3) -> tuple[list[tuple[str, str, float]], bool]:
         """For query image `index`: the `k` most probable memorised concepts and base classes under the memory's
         discriminant, as (name, 'memorised' or 'base class', probability), and whether the memory would answer."""
-        ep = self.episodic
+        ep = self.concept_memory
         if self.queries is None or ep is None or not ep.concepts or not ep.has_prior: return [], False
         read = ep.read(self.model.encode_image(self.queries[index:index + 1].to(self.device)).float())
         bases = ep.anchor_names or [f'cluster {i}' for i in range(len(ep.anchors))]

@@ -35,7 +35,7 @@ def shots_of(images, labels, classes, k, seed=0):
 
 def test_memorize_teaches_concepts_without_changing_weights(digits):
     model, images, labels, names = digits
-    weights = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith('episodic')}
+    weights = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith('concept_memory')}
     shots, shot_labels = shots_of(images, labels, [5, 6, 7], 3)
     info = model.memorize(shots, [names[l] for l in shot_labels])
     assert info == {'concepts': 3, 'items': 9, 'new_concepts': ['five', 'six', 'seven']}
@@ -72,15 +72,15 @@ def test_continual_writes_equal_one_write(digits, tmp_path):
     shots, shot_labels = shots_of(images, labels, range(5, 10), 5)
     query = images[:200]
     model.memorize(shots, [names[l] for l in shot_labels])
-    with torch.no_grad(): at_once = model.episodic.read(model.encode_image(query)).scores
+    with torch.no_grad(): at_once = model.concept_memory.read(model.encode_image(query)).scores
     model.forget()
     for c in range(5, 10): model.memorize(shots[shot_labels == c], [names[c]] * 5)
-    with torch.no_grad(): one_by_one = model.episodic.read(model.encode_image(query)).scores
+    with torch.no_grad(): one_by_one = model.concept_memory.read(model.encode_image(query)).scores
     torch.testing.assert_close(one_by_one, at_once, atol=1e-3, rtol=1e-4)
     save_checkpoint(model, tmp_path / 'taught')
     restored = load_checkpoint(tmp_path / 'taught').model
     assert restored.memory_concepts() == model.memory_concepts()
-    with torch.no_grad(): torch.testing.assert_close(restored.episodic.read(restored.encode_image(query)).scores, at_once, atol=1e-3, rtol=1e-4)
+    with torch.no_grad(): torch.testing.assert_close(restored.concept_memory.read(restored.encode_image(query)).scores, at_once, atol=1e-3, rtol=1e-4)
     model.forget()
 
 
