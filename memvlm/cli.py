@@ -57,12 +57,15 @@ def _predict_parser(sub):
     pr.add_argument('--device', default='auto', help='device (default: auto)')
 
 def _memory_parsers(sub):
-    me = sub.add_parser('memorize', help="teach a checkpoint new concepts from examples, without training",
+    me = sub.add_parser('memorize', help="teach a checkpoint new concepts or captions from examples, without training",
                         description='Teach a MemoryCLIP checkpoint the concepts of a dataset (its class names, '
-                                    'else its captions) through its episodic memory, with no gradient step; save a new '
-                                    'checkpoint. Writes add up.')
+                                    'else its captions), or a captioner (larimar-*) its image-caption pairs, through '
+                                    'its memory, with no gradient step; save a new checkpoint. Writes add up.')
     me.add_argument('--checkpoint', required=True, metavar='PATH',
-                    help='checkpoint folder of a MemoryCLIP model (memvlm train writes them)')
+                    help='checkpoint folder of a MemoryCLIP or captioner model (memvlm train writes them)')
+    me.add_argument('--concepts', action='store_true',
+                    help="a captioner: the images show concepts, whose captions new images of them take (default: "
+                         "each caption belongs to its own image and other views of it)")
     me.add_argument('--dataset', required=True, metavar='NAME_OR_PATH',
                     help='the examples: a CSV, an image folder, ... (anything --dataset of train reads)')
     me.add_argument('--output', required=True, metavar='NEWCKPT', help='folder for the new checkpoint')
@@ -73,13 +76,15 @@ def _memory_parsers(sub):
         me.add_argument(f'--{key}-key', default='', metavar='COLUMN',
                         help=f'column of the {key}s (default: found by name)')
     me.add_argument('--device', default='auto', help='device (default: auto)')
-    fo = sub.add_parser('forget', help="remove memorised concepts from a checkpoint's episodic memory",
+    fo = sub.add_parser('forget', help="remove memorised concepts or captions from a checkpoint's memory",
                         description='Forget memorised concepts; the checkpoint is rewritten in place unless --output '
                                     'names another folder.')
     fo.add_argument('--checkpoint', required=True, metavar='PATH', help='checkpoint folder')
     what = fo.add_mutually_exclusive_group(required=True)
     what.add_argument('--concept', action='append', metavar='NAME', help='a concept to forget (repeatable)')
-    what.add_argument('--all', action='store_true', help='forget every memorised concept')
+    what.add_argument('--caption', action='append', metavar='TEXT',
+                      help='a captioner: a memorised caption to forget, with every image written with it (repeatable)')
+    what.add_argument('--all', action='store_true', help='forget everything memorised')
     fo.add_argument('--output', metavar='NEWCKPT', help='write the result here instead of in place')
     fo.add_argument('--device', default='auto', help='device (default: auto)')
 
@@ -110,7 +115,7 @@ def _prepare_train(args) -> Run:
     run = prepare_run(cfg)
     n_params = sum(p.numel() for p in run.model.parameters())
     print(f"memvlm train: {run.data!r}\n  model {cfg.model.model} ({n_params / 1e6:.2f}M parameters, "
-          f"{run.model.config.memory_tokens} memory tokens, {run.tokenizer.vocab_size} tokens) on {run.device}, "
+          f"{getattr(run.model.config, 'memory_tokens', 0)} memory tokens, {run.tokenizer.vocab_size} tokens) on {run.device}, "
           f"{cfg.train.precision}, {cfg.train.epochs} epochs of batch {cfg.train.batch_size}")
     return run
 
@@ -134,12 +139,21 @@ def _predict_command(args) -> int:
     for r in result.get('tags', []): print(f"tag {r['tag']:16s} probability {r['probability']:.3f}")
     for r in result.get('texts', []): print(f"{r['probability']:.3f}  {r['similarity']:+.3f}  {r['text']}")
     if 'caption' in result: print(f"caption: {result['caption']}")
+    if 'caption_without_memory' in result:  # a captioner: whether its memory shaped the caption, and how
+        if result['memory'] is None: print('memory: out of scope (the caption is the model\'s own)')
+        else: print(f"memory: {result['memory']}, memorised as {result['memorised_caption']!r}; without memory: "
+                    f"{result['caption_without_memory']!r}" + ('' if result['shaped_by_memory'] else ' (the same)'))
     return 0
 
 def _memorize_command(args) -> int:
     columns = Columns(args.image_key, args.caption_key, args.label_key)
     r = memorize_checkpoint(args.checkpoint, args.dataset, args.output, args.device, base_dataset=args.base_dataset,
-                            columns=columns)
+                            columns=columns, as_concepts=args.concepts)
+    if 'written' in r:  # a captioner
+        print(f"memvlm memorize: {r['items']} images with their captions{' as concepts' if args.concepts else ''}; "
+              f"the memory holds {sum(r['memory'].values())} images, {len(r['memory'])} captions; written to {args.output}")
+        if r['skipped']: print(f"skipped while loading {args.dataset}: {r['skipped']}")
+        return 0
     new = ', '.join(r['new_concepts'][:8]) + (', ...' if len(r['new_concepts']) > 8 else '')
     print(f"memvlm memorize: {r['items']} examples, {len(r['new_concepts'])} new concepts ({new}); "
           f"the memory holds {len(r['concepts'])} concepts; written to {args.output}")
@@ -147,8 +161,8 @@ def _memorize_command(args) -> int:
     return 0
 
 def _forget_command(args) -> int:
-    left = forget_checkpoint(args.checkpoint, None if args.all else args.concept, args.output, args.device)
-    print(f"memvlm forget: the memory holds {len(left)} concepts" + (f" ({', '.join(list(left)[:8])})" if left else '')
+    left = forget_checkpoint(args.checkpoint, None if args.all else args.concept or args.caption, args.output, args.device)
+    print(f"memvlm forget: the memory holds {len(left)} concepts or captions" + (f" ({', '.join(list(left)[:8])})" if left else '')
           + f'; written to {args.output or args.checkpoint}')
     return 0
 

@@ -417,14 +417,21 @@ def _missing_modality_step(run: _Run) -> tuple[dict, dict]:
 @torch.no_grad()
 def _bleu_step(run: _Run) -> tuple[dict, dict]:
     rows = run.rows.select(range(min(len(run.rows), run.max_generate)))
-    hyps, shown = [], None
+    # a model with an episodic memory is scored as it is and without its memory, to show what the memory changes
+    with_memory = 'use_memory' in inspect.signature(run.model.generate).parameters
+    hyps, bare, shown = [], [], None
     for batch in run.load(rows):
-        ids = run.model.generate(batch['image'].to(run.device), max_new_tokens=run.max_new_tokens)
-        hyps += list(run.tokenizer.decode(ids.cpu()))
+        x = batch['image'].to(run.device)
+        hyps += list(run.tokenizer.decode(run.model.generate(x, max_new_tokens=run.max_new_tokens).cpu()))
+        if with_memory:
+            ids = run.model.generate(x, max_new_tokens=run.max_new_tokens, use_memory=False)
+            bare += list(run.tokenizer.decode(ids.cpu()))
         if shown is None: shown = batch['image']
     refs, n = rows['captions'], run.n_show
     figure = plot_captions(shown[:n], hyps[:n], [c[0] for c in refs[:n]])
-    return {'bleu': bleu_score(hyps, refs[:len(hyps)])}, {'captions.png': figure}
+    metrics = {'bleu': bleu_score(hyps, refs[:len(hyps)])}
+    if with_memory: metrics['bleu_without_memory'] = bleu_score(bare, refs[:len(bare)])
+    return metrics, {'captions.png': figure}
 
 @torch.no_grad()
 def _ssim_step(run: _Run) -> tuple[dict, dict]:

@@ -71,7 +71,8 @@ class EpisodicMemory(nn.Module):
         "The memory that reads see: the written state, or the prior while nothing has been written."
         return self.prior if self.is_empty else self.memory
 
-    def _pinv(self, a): return pseudo_inverse(a, self.pinv, self.pinv_steps)
+    def _pinv(self, a):  # float64 keeps singular values float32 would round away: nearly parallel codes stay apart
+        return pseudo_inverse(a, self.pinv, self.pinv_steps, rtol=1e-10 if a.dtype == torch.float64 else 1e-5)
 
     def _check(self, z: torch.Tensor, name: str, dims: Optional[int] = None):
         dims = self.code_dim if dims is None else dims
@@ -132,7 +133,7 @@ class EpisodicMemory(nn.Module):
             keep[:] = True; keep[idx] = False
         kept = self.items[keep]
         self.memory = torch.zeros(self.num_slots, self.code_dim, device=self.prior.device, dtype=self.prior.dtype)
-        self.items = self.items[:0]
+        self.items = self.items.new_zeros(0, self.code_dim)  # a fresh tensor: a view would share storage
         self.items_written.zero_()
         if len(kept): self.write(kept)
         return keep
@@ -167,7 +168,7 @@ class EpisodicMemory(nn.Module):
         if prefix + 'items' in state_dict:  # sized by what was written
             self.items = torch.empty_like(state_dict[prefix + 'items'], device=self.items.device)
         else:  # saved before memories kept their items: what was written can no longer be forgotten item by item
-            state_dict[prefix + 'items'] = self.items[:0]
+            state_dict[prefix + 'items'] = self.items.new_zeros(0, self.code_dim)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def save(self, path) -> Path:

@@ -22,7 +22,7 @@ import datasets
 import numpy as np
 
 from .images import BadImageError, SkipLog, download_images, open_image, resolve_in_root
-from .bundled import ImageTextData, load_digits_captions, load_shapes_captions, split_indices
+from .bundled import ImageTextData, load_digits_captions, load_shapes_attributes, load_shapes_captions, split_indices
 
 # %% ../nbs/01c_sources.ipynb #4c96982e
 _log = logging.getLogger('memvlm.data')  # every data chapter logs as memvlm.data, the module that gathers them
@@ -425,7 +425,8 @@ def find_kaggle_input(name: str, root='/kaggle/input') -> Optional[Path]:
 
 # %% ../nbs/01c_sources.ipynb #72a3e659
 DATASETS: dict[str, Callable[..., ImageTextData]] = {'digits-captions': load_digits_captions,
-                                                   'shapes-captions': load_shapes_captions}
+                                                   'shapes-captions': load_shapes_captions,
+                                                   'shapes-attributes': load_shapes_attributes}
 
 def load_local(path, columns: Columns = Columns(), template: str = 'a photo of a {name}', seed: int = 0,
                cache_dir=None, **build) -> ImageTextData:

@@ -1,4 +1,5 @@
 """Run every notebook in nbs/ as a test, the way `nbdev_test` does, so pytest reports one result per notebook."""
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ def test_notebook(notebook, monkeypatch):
     monkeypatch.setenv('MPLBACKEND', 'agg')
     skip_flags = get_config().tst_flags.split('|')  # cells marked slow, gpu or network are skipped, as nbdev_test does
     if not open_clip_towers_supported(): skip_flags.append('open_clip_towers')  # cells that build open_clip towers need open_clip >= 3.1
+    if importlib.util.find_spec('transformers') is None: skip_flags.append('transformers')  # optional: seed 000's towers
     # a chapter run in this process registers its own copies of the architectures (07_models defines MemoryCLIP anew):
     # the library's registry is put back afterwards, so later tests build the library's classes
     saved = dict(registry.ARCHITECTURES), dict(registry.MODEL_CONFIGS)
