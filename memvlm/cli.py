@@ -115,7 +115,8 @@ def _prepare_train(args) -> Run:
     run = prepare_run(cfg)
     n_params = sum(p.numel() for p in run.model.parameters())
     print(f"memvlm train: {run.data!r}\n  model {cfg.model.model} ({n_params / 1e6:.2f}M parameters, "
-          f"{getattr(run.model.config, 'memory_tokens', 0)} memory tokens, {run.tokenizer.vocab_size} tokens) on {run.device}, "
+          f"{getattr(run.model.config, 'memory_tokens', 0)} memory tokens, {run.tokenizer.vocab_size} tokens) on "
+          f"{run.device}, "
           f"{cfg.train.precision}, {cfg.train.epochs} epochs of batch {cfg.train.batch_size}")
     return run
 
@@ -151,7 +152,8 @@ def _memorize_command(args) -> int:
                             columns=columns, as_concepts=args.concepts)
     if 'written' in r:  # a captioner
         print(f"memvlm memorize: {r['items']} images with their captions{' as concepts' if args.concepts else ''}; "
-              f"the memory holds {sum(r['memory'].values())} images, {len(r['memory'])} captions; written to {args.output}")
+              f"the memory holds {sum(r['memory'].values())} images, {len(r['memory'])} captions; "
+              f"written to {args.output}")
         if r['skipped']: print(f"skipped while loading {args.dataset}: {r['skipped']}")
         return 0
     new = ', '.join(r['new_concepts'][:8]) + (', ...' if len(r['new_concepts']) > 8 else '')
@@ -161,8 +163,10 @@ def _memorize_command(args) -> int:
     return 0
 
 def _forget_command(args) -> int:
-    left = forget_checkpoint(args.checkpoint, None if args.all else args.concept or args.caption, args.output, args.device)
-    print(f"memvlm forget: the memory holds {len(left)} concepts or captions" + (f" ({', '.join(list(left)[:8])})" if left else '')
+    what = None if args.all else args.concept or args.caption
+    left = forget_checkpoint(args.checkpoint, what, args.output, args.device)
+    held = f" ({', '.join(list(left)[:8])})" if left else ''
+    print(f"memvlm forget: the memory holds {len(left)} concepts or captions" + held
           + f'; written to {args.output or args.checkpoint}')
     return 0
 

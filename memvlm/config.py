@@ -264,9 +264,9 @@ PRESETS = {
                           '(256 per T4, as in kaggle-t4).',
                           {'model.model': 'memclip-small', 'batch_size': 512, 'precision': 'fp16',
                            'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda'}, gpus=2),
-    'kaggle-t4-larimar': Preset('One Kaggle T4 (16 GB): seed 000\'s captioner (larimar-dinov2-distilgpt2, 251M parameters, '
-                                'its DINOv2, DistilBERT and DistilGPT-2 weights from the hub) in fp16 at batch 32: about '
-                                '13.4 GB by `memvlm.larimar.larimar_memory_gb`.',
+    'kaggle-t4-larimar': Preset('One Kaggle T4 (16 GB): seed 000\'s captioner (larimar-dinov2-distilgpt2, 251M '
+                                'parameters, its DINOv2, DistilBERT and DistilGPT-2 weights from the hub) in fp16 at '
+                                'batch 32: about 13.4 GB by `memvlm.larimar.larimar_memory_gb`.',
                                 {'model.model': 'larimar-dinov2-distilgpt2', 'batch_size': 32, 'precision': 'fp16',
                                  'num_workers': 2, 'device': 'cuda'}, gpus=1),
     'colab-t4': Preset('A Colab T4 (16 GB, no bf16): as kaggle-t4.',

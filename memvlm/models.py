@@ -29,6 +29,7 @@ from .encoders import (CNNEncoder, LSTMEncoder, OpenCLIPTextEncoder, OpenCLIPTow
 from .memory import ConceptMemory
 from .fusion import LateFusion, create_fusion
 from .heads import HEADS, ContrastiveProjection, MultiTaskHead
+from . import larimar, vae  # noqa: F401  the other families register their models: every one is visible here
 
 # %% ../nbs/07_models.ipynb #e0e9042e
 @dataclass

@@ -23,12 +23,11 @@ import torch
 from .tasks import TARGET_KEYS, monitored_score, task_parts
 from .config import (DataConfig, RunConfig, default_data_dir, get_config, load_config, resolve_output_dir,
                            save_config, seed_everything)
-from .data import (BatchAugment, CaptionTokenizer, Columns, HFCaptionTokenizer, ImageTextData, ImageTextDataset, ModalityDropout,
-                         answer_classes, dataset_from_config, get_dataset, make_loader)
+from .data import (BatchAugment, CaptionTokenizer, Columns, HFCaptionTokenizer, ImageTextData, ImageTextDataset,
+                         ModalityDropout, answer_classes, dataset_from_config, get_dataset, make_loader)
 from .models import (Checkpoint, FusionModel, FusionModelConfig, MemoryCLIP, MemoryCLIPConfig, count_parameters,
                            create_model, list_models, load_checkpoint, model_config, model_transform, preprocessing,
                            save_checkpoint)
-from . import vae  # noqa: F401  registers vae-tiny, so that eval and predict load its checkpoints
 from .larimar import LarimarCaptioner, LarimarConfig
 from .engine import autocast_context, resolve_device
 from .training import Trainer
@@ -123,7 +122,7 @@ def _architecture(cfg: RunConfig, data: ImageTextData):
                         **task_options)
 
 def _tokenizer(arch, texts: list, vocab: str):
-    "The tokenizer of a new run: open_clip's full vocabulary for its text towers, a Hugging Face decoder's own, else `vocab`."
+    "A new run's tokenizer: open_clip's full vocabulary for its towers, a Hugging Face decoder's own, else `vocab`."
     if isinstance(arch, LarimarConfig) and arch.decoder.startswith('hf:'):
         return HFCaptionTokenizer(arch.decoder[3:], arch.context_length)
     open_clip_text = getattr(arch, 'text', '').startswith('open_clip:') or getattr(arch, 'towers', '')
@@ -222,14 +221,18 @@ def caption_scores(model: LarimarCaptioner, loader, tokenizer, device, prefix: s
     with torch.no_grad():
         for batch in loader:
             x = batch['image'].to(device)
-            hyps += tokenizer.decode(model.generate(x).cpu()); bare += tokenizer.decode(model.generate(x, use_memory=False).cpu())
+            hyps += tokenizer.decode(model.generate(x).cpu())
+            bare += tokenizer.decode(model.generate(x, use_memory=False).cpu())
             refs += [[c] for c in batch['caption']]
     return {prefix + 'bleu': bleu_score(hyps, refs), prefix + 'bleu_without_memory': bleu_score(bare, refs)}
 
 def fit_scope(model: LarimarCaptioner, loaders: '_Loaders', device) -> dict:
     "A captioner's memory scope from the run's training images (its labels, if any) and validation images."
-    def images(loader):
-        out = [(b['image'], b.get('label')) for b in loader]
+    def images(loader, limit: int = 4096):  # enough to calibrate; a large dataset would not fit in memory
+        out, n = [], 0
+        for batch in loader:
+            out.append((batch['image'], batch.get('label'))); n += len(batch['image'])
+            if n >= limit: break
         labels = [l for _, l in out]
         return torch.cat([x for x, _ in out]).to(device), None if labels[0] is None else torch.cat(labels)
     train, labels = images(loaders.train_eval)
@@ -439,7 +442,8 @@ def _memory_labels(model: MemoryCLIP, emb: torch.Tensor, classes: list, top: int
     """The memory's most probable concepts for one image embedding, or None where the memory does not answer (the
     image's best concept does not beat the model's own classes); the same read as `MemoryCLIP.classify`."""
     if not model.memory_concepts(): return None
-    read = model.concept_memory.read(emb, list(classes) + [c for c in model.concept_memory.concepts if c not in classes])
+    memory = model.concept_memory
+    read = memory.read(emb, list(classes) + [c for c in memory.concepts if c not in classes])
     if not read.claims[0]: return None
     n = len(read.scores[0])  # the posterior over concepts and base anchors, shown over the concepts
     posterior = torch.cat([read.scores, read.anchor_scores], 1)[0].softmax(0)[:n]
@@ -465,7 +469,7 @@ def _clip_prediction(model, tok, emb, texts, labels: Optional[LabelNames], devic
 _RECALL = {0: None, 1: 'the same image', 2: 'a memorised concept'}
 
 def _captioner_prediction(model: LarimarCaptioner, tok, x, texts) -> dict:
-    "A captioner's caption of one image, the caption it gives with no memory, and whether (and how) the memory shaped it."
+    "A captioner's caption of one image, its caption with no memory, and whether (and how) the memory shaped it."
     if texts: raise ValueError('a captioner captions the image; it does not compare it with texts: leave out --text')
     ids, recall = model.generate(x, return_recall=True)
     caption, own = tok.decode(ids.cpu())[0], tok.decode(model.generate(x, use_memory=False).cpu())[0]
@@ -528,7 +532,8 @@ def _memorize_captions(ck: Checkpoint, rows, transform, batch_size: int, as_conc
 def memorised_captions(ck: Checkpoint) -> dict:
     "What a captioner's memory holds: each memorised caption and how many images it was written for."
     counts = {}
-    for c in ck.tokenizer.decode(ck.model.stored_ids.cpu()) if len(ck.model.stored_ids) else []: counts[c] = counts.get(c, 0) + 1
+    for c in ck.tokenizer.decode(ck.model.stored_ids.cpu()) if len(ck.model.stored_ids) else []:
+        counts[c] = counts.get(c, 0) + 1
     return counts
 
 def _ensure_prior(ck: Checkpoint, checkpoint, base_dataset: Optional[str], device, resize: str, batch_size: int):

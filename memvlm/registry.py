@@ -150,7 +150,7 @@ def save_checkpoint(model: nn.Module, folder, tokenizer: Optional[CaptionTokeniz
     return folder
 
 def rename_state(state_dict: dict, old: str, new: str):
-    "Move the entries of `state_dict` under prefix `old` to prefix `new`, so that checkpoints saved under an older name load."
+    "Move the entries of `state_dict` under prefix `old` to prefix `new`: checkpoints saved under an older name load."
     for k in [k for k in state_dict if k.startswith(old)]: state_dict[new + k[len(old):]] = state_dict.pop(k)
 
 def _config_from_dict(config_class: type, d: dict):

@@ -119,7 +119,9 @@ class HFCaptionTokenizer:
         "Token ids and attention mask for a caption or a list of captions."
         texts = [texts] if isinstance(texts, str) else list(texts)
         empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-        if empty: raise ValueError(f'captions at positions {empty[:10]} are empty or not text: {[texts[i] for i in empty[:3]]!r}')
+        if empty:
+            shown = [texts[i] for i in empty[:3]]
+            raise ValueError(f'captions at positions {empty[:10]} are empty or not text: {shown!r}')
         rows = [[self.bos_id] + ids[:self.context_length - 2] + [self.eos_id]
                 for ids in self.tokenizer(texts, add_special_tokens=False)['input_ids']]
         ids = torch.zeros(len(rows), self.context_length, dtype=torch.long)
@@ -141,4 +143,5 @@ class HFCaptionTokenizer:
         return texts
 
     def to_dict(self) -> dict: return {'kind': 'huggingface', 'name': self.name, 'context_length': self.context_length}
-    def __repr__(self): return f'HFCaptionTokenizer({self.name!r}, context_length={self.context_length}, vocab_size={self.vocab_size})'
+    def __repr__(self):
+        return f'HFCaptionTokenizer({self.name!r}, context_length={self.context_length}, vocab_size={self.vocab_size})'
