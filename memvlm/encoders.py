@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['STEMS', 'OPEN_CLIP_TOWERS_NEED', 'EncoderOutput', 'ConvStem', 'PatchStem', 'ViTEncoder', 'TextEncoder', 'CNNEncoder',
            'LSTMEncoder', 'load_weights', 'TimmEncoder', 'open_clip_towers_supported', 'OpenCLIPVisionEncoder',
-           'OpenCLIPTextEncoder', 'GatedMemory', 'OpenCLIPTowers', 'load_open_clip_weights', 'encoder_blocks', 'freeze',
-           'unfreeze', 'set_grad_checkpointing']
+           'OpenCLIPTextEncoder', 'hf_model', 'HFTextEncoder', 'GatedMemory', 'OpenCLIPTowers',
+           'load_open_clip_weights', 'encoder_blocks', 'freeze', 'unfreeze', 'set_grad_checkpointing']
 
 # %% ../nbs/03_encoders.ipynb #45e33f5f
 import logging
@@ -293,6 +293,49 @@ class OpenCLIPTextEncoder(nn.Module):
         pooled = text_global_pool(x, input_ids, pool_type=t.pool_type, eos_token_id=getattr(t, 'eos_id', None))
         return EncoderOutput(tokens=x, pooled=pooled)
     def set_grad_checkpointing(self, enable: bool = True): self.text.set_grad_checkpointing(enable)
+
+# %% ../nbs/03_encoders.ipynb #bf2cf060
+_HF_CONFIGS = {'distilbert': 'DistilBertConfig', 'gpt2': 'GPT2Config', 'bert': 'BertConfig'}
+
+def hf_model(name: str, pretrained: bool, overrides: Optional[dict], auto: str) -> nn.Module:
+    """A Hugging Face model by hub name: its published weights (safetensors, no remote code) when `pretrained`, else
+    random weights of its architecture; `overrides` change config fields (tiny models for tests)."""
+    tf = import_optional('transformers', 'transformers', f'the Hugging Face model {name!r}')
+    overrides = dict(overrides or {})
+    if pretrained:
+        try: return getattr(tf, auto).from_pretrained(name, use_safetensors=True, trust_remote_code=False, **overrides)
+        except OSError as e:
+            raise OSError(f"the published weights of {name!r} could not be loaded ({e}); without network, build the "
+                          "model with random weights: pretrained=''") from None
+    config = _hf_config(tf, name, overrides)
+    return getattr(tf, auto).from_config(config, trust_remote_code=False)
+
+def _hf_config(tf, name: str, overrides: dict):
+    "The config of hub model `name` without the network: the library's defaults for a known family (its base size)."
+    family = name.split('/')[-1].split('-')[0].replace('distilgpt2', 'gpt2')
+    if family == 'gpt2' and name.split('/')[-1].startswith('distilgpt2'): overrides.setdefault('n_layer', 6)
+    if family not in _HF_CONFIGS:
+        try: return tf.AutoConfig.from_pretrained(name, trust_remote_code=False, **overrides)
+        except OSError as e:
+            raise ValueError(f'{name!r}: memvlm builds {sorted(_HF_CONFIGS)} offline; another model needs its config '
+                             f'from the hub (network) or a local folder ({e})') from None
+    return getattr(tf, _HF_CONFIGS[family])(**overrides)
+
+
+class HFTextEncoder(nn.Module):
+    "A Hugging Face encoder (e.g. DistilBERT) as a text tower: its last hidden states, mean-pooled over real tokens."
+    def __init__(self, name: str, pretrained: bool = False, overrides: Optional[dict] = None):
+        super().__init__()
+        self.model = hf_model(name, pretrained, overrides, 'AutoModel')
+        config = self.model.config
+        self.width = config.hidden_size if hasattr(config, 'hidden_size') else config.dim
+
+    def forward(self, input_ids, attention_mask=None) -> EncoderOutput:
+        if attention_mask is None: attention_mask = torch.ones_like(input_ids)
+        x = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        m = attention_mask[..., None].to(x.dtype)
+        return EncoderOutput(tokens=x, pooled=(x * m).sum(1) / m.sum(1).clamp(min=1))
+
 
 # %% ../nbs/03_encoders.ipynb #312922a8
 class GatedMemory(nn.Module):

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['LarimarConfig', 'CaptionerOutput', 'Recall', 'PrefixDecoder', 'augment_view', 'caption_positions', 'contrastive',
-           'Episodes', 'make_episodes', 'HFTextEncoder', 'HFPrefixDecoder', 'LarimarCaptioner', 'larimar_memory_gb']
+           'Episodes', 'make_episodes', 'HFPrefixDecoder', 'LarimarCaptioner', 'larimar_memory_gb']
 
 # %% ../nbs/06c_larimar.ipynb #bd54b543
 import math
@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import import_optional
-from .encoders import EncoderOutput, TextEncoder, TimmEncoder, ViTEncoder
+from .encoders import HFTextEncoder, TextEncoder, TimmEncoder, ViTEncoder, hf_model
 from .layers import Transformer, init_linear
 from .memory import EpisodicMemory, kmeans
 from .registry import count_parameters, model_config, register_model
@@ -196,26 +196,11 @@ def make_episodes(input_ids, attention_mask, label, size, vocab_size, edit_prob=
     return Episodes(ids, mask, written, renamed, episode)
 
 # %% ../nbs/06c_larimar.ipynb #4d76431b
-class HFTextEncoder(nn.Module):
-    "A Hugging Face encoder (e.g. DistilBERT) as a text tower: its last hidden states, mean-pooled over real tokens."
-    def __init__(self, name: str, pretrained: bool = False, overrides: Optional[dict] = None):
-        super().__init__()
-        self.model = _hf_model(name, pretrained, overrides, 'AutoModel')
-        config = self.model.config
-        self.width = config.hidden_size if hasattr(config, 'hidden_size') else config.dim
-
-    def forward(self, input_ids, attention_mask=None) -> EncoderOutput:
-        if attention_mask is None: attention_mask = torch.ones_like(input_ids)
-        x = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        m = attention_mask[..., None].to(x.dtype)
-        return EncoderOutput(tokens=x, pooled=(x * m).sum(1) / m.sum(1).clamp(min=1))
-
-
 class HFPrefixDecoder(nn.Module):
     "A Hugging Face causal language model (e.g. DistilGPT-2) as `PrefixDecoder`: prefix vectors join its embeddings."
     def __init__(self, name: str, pretrained: bool = False, overrides: Optional[dict] = None):
         super().__init__()
-        self.model = _hf_model(name, pretrained, overrides, 'AutoModelForCausalLM')
+        self.model = hf_model(name, pretrained, overrides, 'AutoModelForCausalLM')
         self.width = self.model.get_input_embeddings().embedding_dim
 
     def forward(self, prefix, input_ids, token_bias=None):
@@ -224,32 +209,6 @@ class HFPrefixDecoder(nn.Module):
         logits = self.model(inputs_embeds=torch.cat([prefix.to(tokens.dtype), tokens], 1)).logits
         return logits[:, prefix.shape[1]:]
 
-
-_HF_CONFIGS = {'distilbert': 'DistilBertConfig', 'gpt2': 'GPT2Config', 'bert': 'BertConfig'}
-
-def _hf_model(name: str, pretrained: bool, overrides: Optional[dict], auto: str) -> nn.Module:
-    """A Hugging Face model by hub name: its published weights (safetensors, no remote code) when `pretrained`, else
-    random weights of its architecture; `overrides` change config fields (tiny models for tests)."""
-    tf = import_optional('transformers', 'transformers', f'the Hugging Face model {name!r}')
-    overrides = dict(overrides or {})
-    if pretrained:
-        try: return getattr(tf, auto).from_pretrained(name, use_safetensors=True, trust_remote_code=False, **overrides)
-        except OSError as e:
-            raise OSError(f"the published weights of {name!r} could not be loaded ({e}); without network, build the "
-                          "model with random weights: pretrained=''") from None
-    config = _hf_config(tf, name, overrides)
-    return getattr(tf, auto).from_config(config, trust_remote_code=False)
-
-def _hf_config(tf, name: str, overrides: dict):
-    "The config of hub model `name` without the network: the library's defaults for a known family (its base size)."
-    family = name.split('/')[-1].split('-')[0].replace('distilgpt2', 'gpt2')
-    if family == 'gpt2' and name.split('/')[-1].startswith('distilgpt2'): overrides.setdefault('n_layer', 6)
-    if family not in _HF_CONFIGS:
-        try: return tf.AutoConfig.from_pretrained(name, trust_remote_code=False, **overrides)
-        except OSError as e:
-            raise ValueError(f'{name!r}: memvlm builds {sorted(_HF_CONFIGS)} offline; another model needs its config '
-                             f'from the hub (network) or a local folder ({e})') from None
-    return getattr(tf, _HF_CONFIGS[family])(**overrides)
 
 # %% ../nbs/06c_larimar.ipynb #48dd52fb
 def _published(c: LarimarConfig) -> bool:
