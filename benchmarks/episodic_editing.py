@@ -127,7 +127,7 @@ def edit_table(cap: Captioner, written, edits, unrelated, ns, seed) -> tuple[dic
 def finetune_to(cap: Captioner, written, edits, target: float, old_images, old_refs, max_steps: int = 400) -> dict:
     "Fine-tune the decoder (and its image and memory inputs) on the written pairs until edit success reaches `target`."
     from memvlm.evaluation import bleu_score
-    from memvlm.larimar import Recall, _no_recall
+    from memvlm.larimar import _no_recall
     model = copy.deepcopy(cap.model); model.forget()
     tuned = Captioner(model, cap.tok)
     params = [p for n, p in model.named_parameters() if n.startswith(('decoder.', 'image_prefix.'))]
@@ -182,7 +182,7 @@ def concept_table(cap: Captioner, shots_rows, tok, test_new, old_images, old_ref
     return table
 
 
-def figure(cap: Captioner, written, edits, truth, path):
+def figure(cap: Captioner, written, edits, path):
     "Recalled captions beside the images: no memory, then after the write."
     import matplotlib; matplotlib.use('agg')
     import matplotlib.pyplot as plt
@@ -345,7 +345,7 @@ def main():
         images = ROOT / 'nbs' / 'images'
         (images / 'episodic_editing.json').write_text(json.dumps({'summary': summary, 'tables': text, 'results': results,
                                                                    'args': {k: v for k, v in vars(args).items()}}, indent=1))
-        figure(scap, swritten, sedits, None, images / 'episodic_recall.png')
+        figure(scap, swritten, sedits, images / 'episodic_recall.png')
     print(json.dumps({k: round(v, 4) for k, v in summary.items()}))
 
 
