@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['LarimarConfig', 'CaptionerOutput', 'Recall', 'PrefixDecoder', 'augment_view', 'caption_positions', 'contrastive',
-           'Episodes', 'make_episodes', 'HFPrefixDecoder', 'LarimarCaptioner', 'larimar_memory_gb']
+           'Episodes', 'make_episodes', 'HFPrefixDecoder', 'CaptionerMemory', 'LarimarCaptioner', 'larimar_memory_gb']
 
 # %% ../nbs/06c_larimar.ipynb #bd54b543
 import math
@@ -235,8 +235,9 @@ def _decoder(c: LarimarConfig, prefix: int) -> nn.Module:
 def _width(tower: nn.Module, default: int) -> int: return getattr(tower, 'width', default)
 
 # %% ../nbs/06c_larimar.ipynb #8936651d
-class _EpisodicUse:
-    "The episodic memory of a trained `LarimarCaptioner`: calibrate its scope, memorize, recall, generate, forget."
+class CaptionerMemory:
+    """What a trained `LarimarCaptioner` does with its episodic memory (a part of the class, documented apart):
+    calibrate its scope, memorize, recall, generate, forget."""
     @torch.no_grad()
     def image_keys(self, images, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         "(keys, concept keys) of `images`, in evaluation mode."
@@ -380,7 +381,7 @@ class _EpisodicUse:
         return (ids, recall) if return_recall else ids
 
 # %% ../nbs/06c_larimar.ipynb #af102d77
-class LarimarCaptioner(_EpisodicUse, nn.Module):
+class LarimarCaptioner(CaptionerMemory, nn.Module):
     """A captioner with a Larimar episodic memory: `memorize(images, captions)` writes image-caption pairs in one shot,
     without a gradient; `generate` then says the memorised caption for those images (and for other views of them),
     and a memorised concept's name for new images of it, while other images keep their captions; `forget` undoes it."""
