@@ -221,8 +221,9 @@ def caption_scores(model: LarimarCaptioner, loader, tokenizer, device, prefix: s
     with torch.no_grad():
         for batch in loader:
             x = batch['image'].to(device)
-            hyps += tokenizer.decode(model.generate(x).cpu())
-            bare += tokenizer.decode(model.generate(x, use_memory=False).cpu())
+            said = tokenizer.decode(model.generate(x).cpu())
+            hyps += said  # an empty memory (as in training) says the same without it: no second pass
+            bare += said if model.is_empty else tokenizer.decode(model.generate(x, use_memory=False).cpu())
             refs += [[c] for c in batch['caption']]
     return {prefix + 'bleu': bleu_score(hyps, refs), prefix + 'bleu_without_memory': bleu_score(bare, refs)}
 
