@@ -251,8 +251,8 @@ class CaptionerMemory:
                         seed: int = 0) -> dict:
         """What the memory may claim, from base data: anchors are the class means of the concept keys of `images`
         (k-means without `labels`); on `held_out` base images (default: a fifth of `images`), against a memory of
-        `stored_items` other base images, the same-image cosine and the concept ratio are set so that a share
-        `scope_false_rate` of them would be claimed."""
+        `stored_items` other base images, the same-image cosine is set so that a share `scope_false_rate` of them would
+        be claimed; up to 512 of them are kept, to set `concept_ratio()` against whatever the memory will hold."""
         keys, concepts = self.image_keys(images)
         g = torch.Generator().manual_seed(seed)
         if held_out is None:
