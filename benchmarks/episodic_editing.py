@@ -198,31 +198,28 @@ def figure(cap: Captioner, written, edits, path):
     fig.savefig(path, dpi=110); plt.close(fig)
 
 
-def digits_edits(args):
-    from memvlm.bundled import DIGIT_NAMES, load_digits_captions
-    from memvlm.data import CaptionTokenizer
+def train_captioner(name: str, splits: dict, tok, epochs: int, seed: int):
+    """larimar-tiny trained on `splits['train']`, its scope calibrated on the training and validation images:
+    (captioner, training seconds, the train, validation and test batches)."""
     from memvlm.registry import create_model
     import memvlm.larimar  # noqa: F401  registers larimar-tiny
-    data = load_digits_captions(seed=args.seed)
-    tok = CaptionTokenizer.build([c for caps in data['train']['captions'] for c in caps], 16)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     model = create_model('larimar-tiny', vocab_size=tok.vocab_size)
-    print(f'digits-captions: training larimar-tiny ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M) for {args.epochs_digits} epochs')
-    seconds = train(model, data['train'], tok, args.epochs_digits, args.seed)
-    tr, va, te = (batch_of(data[s], tok, 32) for s in ('train', 'validation', 'test'))
+    print(f'{name}: training larimar-tiny ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M) for {epochs} epochs')
+    seconds = train(model, splits['train'], tok, epochs, seed)
+    tr, va, te = (batch_of(splits[s], tok, 32) for s in ('train', 'validation', 'test'))
     print('  scope', model.calibrate_scope(tr['image'], tr['label'], va['image']))
-    cap = Captioner(model, tok)
-    rng = np.random.default_rng(args.seed)
+    return Captioner(model, tok), seconds, tr, va, te
+
+
+def edit_setup(tr, va, te, n: int, counterfactual, seed: int):
+    """`n` random test images with captions from `counterfactual(test index, rng)`, and up to 500 unrelated images
+    (the other test images, then validation and training images)."""
+    rng = np.random.default_rng(seed)
     order = rng.permutation(len(te['caption']))
-    n = max(args.ns); written = te['image'][order[:n]]
-    def counterfactual(caption, label):  # the same phrasing, another digit's name (and numeral)
-        other = int(rng.choice([d for d in range(10) if d != label]))
-        return caption.replace(DIGIT_NAMES[label], DIGIT_NAMES[other]).replace(str(label), str(other))
-    edits = [counterfactual(te['caption'][i], int(te['label'][i])) for i in order[:n]]
+    edits = [counterfactual(int(i), rng) for i in order[:n]]
     unrelated = torch.cat([te['image'][order[n:]], va['image'], tr['image']])[:500]
-    rows, extra = edit_table(cap, written, edits, unrelated, args.ns, args.seed)
-    base_bleu = bleu_score_of(cap, te)
-    return {'train_seconds': seconds, 'rows': rows, **extra, 'test_bleu': base_bleu, 'unrelated': len(unrelated)}, (cap, written, edits)
+    return te['image'][order[:n]], edits, unrelated
 
 
 def bleu_score_of(cap, batch) -> float:
@@ -230,34 +227,39 @@ def bleu_score_of(cap, batch) -> float:
     return bleu_score(cap.caption(batch['image'], False), [[c] for c in batch['caption']])
 
 
+def digits_edits(args):
+    from memvlm.bundled import DIGIT_NAMES, load_digits_captions
+    from memvlm.data import CaptionTokenizer
+    data = load_digits_captions(seed=args.seed)
+    tok = CaptionTokenizer.build([c for caps in data['train']['captions'] for c in caps], 16)
+    cap, seconds, tr, va, te = train_captioner('digits-captions', data.splits, tok, args.epochs_digits, args.seed)
+    def counterfactual(i, rng):  # the same phrasing, another digit's name (and numeral)
+        caption, label = te['caption'][i], int(te['label'][i])
+        other = int(rng.choice([d for d in range(10) if d != label]))
+        return caption.replace(DIGIT_NAMES[label], DIGIT_NAMES[other]).replace(str(label), str(other))
+    written, edits, unrelated = edit_setup(tr, va, te, max(args.ns), counterfactual, args.seed)
+    rows, extra = edit_table(cap, written, edits, unrelated, args.ns, args.seed)
+    base_bleu = bleu_score_of(cap, te)
+    return {'train_seconds': seconds, 'rows': rows, **extra, 'test_bleu': base_bleu, 'unrelated': len(unrelated)}, (cap, written, edits)
+
+
 def shapes(args):
     from memvlm.bundled import SHAPE_COLOURS, SHAPE_NAMES, load_shapes_attributes
     from memvlm.data import CaptionTokenizer
-    from memvlm.registry import create_model
-    import memvlm.larimar  # noqa: F401
     data = load_shapes_attributes(seed=args.seed)
     old = {s: data[s].filter(lambda r: r['label'] < 5) for s in data.splits}
     new = {s: data[s].filter(lambda r: r['label'] >= 5) for s in data.splits}
     # the vocabulary holds every word of the dataset's captions, new shapes' names included: words the model never
     # says for a picture in training, but may be asked to copy from the memory (renamed classes draw from all of it)
     tok = CaptionTokenizer.build([c for caps in data['train']['captions'] for c in caps], 16)
-    torch.manual_seed(args.seed)
-    model = create_model('larimar-tiny', vocab_size=tok.vocab_size)
-    print(f'shapes-attributes 0-4: training larimar-tiny for {args.epochs_shapes} epochs')
-    seconds = train(model, old['train'], tok, args.epochs_shapes, args.seed)
-    tr, va, te = (batch_of(old[s], tok, 32) for s in ('train', 'validation', 'test'))
-    print('  scope', model.calibrate_scope(tr['image'], tr['label'], va['image']))
-    cap = Captioner(model, tok)
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(te['caption']))
-    n = max(args.ns); written = te['image'][order[:n]]
-    def counterfactual(caption):  # another colour and another known shape name
-        w = caption.split()
+    cap, seconds, tr, va, te = train_captioner('shapes-attributes 0-4', old, tok, args.epochs_shapes, args.seed)
+    def counterfactual(i, rng):  # another colour and another known shape name
+        w = te['caption'][i].split()
         w[2] = str(rng.choice([c for c in SHAPE_COLOURS if c != w[2]]))
         w[3] = str(rng.choice([s for s in SHAPE_NAMES[:5] if s != w[3]]))
         return ' '.join(w)
-    edits = [counterfactual(te['caption'][i]) for i in order[:n]]
-    unrelated = torch.cat([te['image'][order[n:]], va['image'], tr['image']])[:500]
+    written, edits, unrelated = edit_setup(tr, va, te, max(args.ns), counterfactual, args.seed)
+    n = max(args.ns)
     rows, extra = edit_table(cap, written, edits, unrelated, args.ns, args.seed)
     old_refs = [[c] for c in te['caption']]
     old_bleu = bleu_score_of(cap, te)

@@ -28,7 +28,7 @@ from .data import (BatchAugment, CaptionTokenizer, Columns, HFCaptionTokenizer, 
 from .models import (Checkpoint, FusionModel, FusionModelConfig, MemoryCLIP, MemoryCLIPConfig, count_parameters,
                            create_model, list_models, load_checkpoint, model_config, model_transform, preprocessing,
                            save_checkpoint)
-from .larimar import LarimarCaptioner, LarimarConfig
+from .larimar import RECALL_MODES, LarimarCaptioner, LarimarConfig
 from .engine import autocast_context, resolve_device
 from .training import Trainer
 from .plots import plot_history
@@ -467,15 +467,14 @@ def _clip_prediction(model, tok, emb, texts, labels: Optional[LabelNames], devic
     memory = _memory_labels(model, emb, labels.classes, top) if isinstance(model, MemoryCLIP) else None
     return {'labels': memory or zero_shot}
 
-_RECALL = {0: None, 1: 'the same image', 2: 'a memorised concept'}
-
 def _captioner_prediction(model: LarimarCaptioner, tok, x, texts) -> dict:
     "A captioner's caption of one image, its caption with no memory, and whether (and how) the memory shaped it."
     if texts: raise ValueError('a captioner captions the image; it does not compare it with texts: leave out --text')
     ids, recall = model.generate(x, return_recall=True)
     caption, own = tok.decode(ids.cpu())[0], tok.decode(model.generate(x, use_memory=False).cpu())[0]
     item = int(recall.item[0])
-    return {'caption': caption, 'caption_without_memory': own, 'memory': _RECALL[int(recall.mode[0])],
+    mode = int(recall.mode[0])
+    return {'caption': caption, 'caption_without_memory': own, 'memory': RECALL_MODES[mode] if mode else None,
             'memorised_item': item if item >= 0 else None,
             'memorised_caption': tok.decode(model.stored_ids[item:item + 1].cpu())[0] if item >= 0 else None,
             'shaped_by_memory': caption != own}

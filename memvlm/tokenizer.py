@@ -23,6 +23,15 @@ def _bpe():
         _BPE = import_optional('open_clip.tokenizer', 'open-clip-torch', 'the caption tokenizer').SimpleTokenizer()
     return _BPE
 
+def _caption_list(texts) -> list:
+    "A caption or captions as a list; an empty caption, or one that is not text, is an error naming its position."
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if empty:
+        shown = [texts[i] for i in empty[:3]]
+        raise ValueError(f'captions at positions {empty[:10]} are empty or not text: {shown!r}')
+    return texts
+
 class CaptionTokenizer:
     "open_clip's BPE tokenizer, over its full vocabulary or a compact one (`token_ids`: the BPE ids kept)."
     PAD, UNK = 0, 1  # compact ids; in the full vocabulary padding is 0 and the attention mask tells it apart
@@ -48,11 +57,7 @@ class CaptionTokenizer:
 
     def __call__(self, texts) -> dict:
         "Token ids and attention mask for a caption or a list of captions."
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-        if empty:
-            shown = [texts[i] for i in empty[:3]]
-            raise ValueError(f'captions at positions {empty[:10]} are empty or not text: {shown!r}')
+        texts = _caption_list(texts)
         ids = _bpe()(texts, context_length=self.context_length)
         mask = (torch.arange(ids.shape[1]) <= (ids == EOT).long().argmax(1, keepdim=True)).long()
         if self.token_ids is not None: ids = self._lookup[ids] * mask
@@ -117,11 +122,7 @@ class HFCaptionTokenizer:
 
     def __call__(self, texts) -> dict:
         "Token ids and attention mask for a caption or a list of captions."
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-        if empty:
-            shown = [texts[i] for i in empty[:3]]
-            raise ValueError(f'captions at positions {empty[:10]} are empty or not text: {shown!r}')
+        texts = _caption_list(texts)
         rows = [[self.bos_id] + ids[:self.context_length - 2] + [self.eos_id]
                 for ids in self.tokenizer(texts, add_special_tokens=False)['input_ids']]
         ids = torch.zeros(len(rows), self.context_length, dtype=torch.long)

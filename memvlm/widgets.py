@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from .data import CaptionTokenizer, ImageTextData
 from .evaluation import caption_gallery, embed_images, embed_texts, eval_loader
+from .larimar import RECALL_MODES
 from .plots import plot_history
 
 # %% ../nbs/11_widgets.ipynb #b6ce7b9b
@@ -249,7 +250,7 @@ class EpisodeInspector:
         x = self.queries[index:index + 1].to(self.device)
         ids, recall = self.model.generate(x, return_recall=True)
         item = int(recall.item[0])
-        return {'how': {0: 'out of scope', 1: 'the same image', 2: 'a memorised concept'}[int(recall.mode[0])],
+        return {'how': RECALL_MODES[int(recall.mode[0])],
                 'item': item if item >= 0 else None,
                 'memorised': self._caption(item),
                 'caption': self.tokenizer.decode(ids.cpu())[0],
