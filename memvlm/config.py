@@ -210,6 +210,11 @@ class TrainConfig:
     task_weighting: Literal['sum', 'uncertainty'] = option(
         'sum', "How a model's several loss terms combine: plain `sum` or learned `uncertainty` weighting (Kendall et "
         "al.).")
+    classification_loss: Literal['ce', 'focal'] = option(
+        'ce', "Loss of a fusion model's classification task: cross-entropy (`ce`, with the model's label_smoothing) or "
+        "the `focal` loss of Lin et al., which weighs the hard examples of imbalanced classes more.")
+    focal_gamma: float = option(
+        2.0, "With classification_loss=focal: the focusing exponent γ (0 is the cross-entropy).", min=0.0)
     max_bad_steps: int = option(
         10, "Steps in a row with a non-finite loss or gradient (each skipped and logged) after which training stops, "
         "keeping the last good checkpoint.", min=1)

@@ -6,13 +6,9 @@
 __all__ = ['HEADS', 'Head', 'ClassificationHead', 'RegressionHead', 'MultiLabelHead', 'ContrastiveProjection', 'MultiTaskHead']
 
 # %% ../nbs/06_heads.ipynb #b4de4620
-from typing import Optional
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from .losses import clip_loss
 
 # %% ../nbs/06_heads.ipynb #36fa8ca9
 class Head(nn.Module):
@@ -22,61 +18,40 @@ class Head(nn.Module):
         self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, out_dim)) if not hidden_dim else \
             nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
     def forward(self, x: torch.Tensor) -> torch.Tensor: return self.net(x)
-    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor: raise NotImplementedError
 
 class ClassificationHead(Head):
-    "Logits over `num_classes`; cross-entropy loss (with optional label smoothing)."
-    def __init__(self, dim: int, num_classes: int, hidden_dim: int = 0, dropout: float = 0.0,
-                 label_smoothing: float = 0.0):
+    "Logits over `num_classes`."
+    def __init__(self, dim: int, num_classes: int, hidden_dim: int = 0, dropout: float = 0.0):
         if num_classes < 2: raise ValueError(f'num_classes={num_classes}: a classifier needs at least 2 classes')
         super().__init__(dim, num_classes, hidden_dim, dropout)
-        self.label_smoothing = label_smoothing
-    def loss(self, logits, target): return F.cross_entropy(logits, target.long(), label_smoothing=self.label_smoothing)
 
 class RegressionHead(Head):
-    """`num_outputs` real numbers in the targets' units; mean squared error of the standardised values (targets of
-    typical `mean` and spread `std`)."""
+    "`num_outputs` real numbers in the targets' units, learnt as standardised values (targets of typical `mean`, spread `std`)."
     def __init__(self, dim: int, num_outputs: int = 1, hidden_dim: int = 0, dropout: float = 0.0, mean: float = 0.0,
                  std: float = 1.0):
         if not std > 0: raise ValueError(f'std={std}: the spread of the regression targets must be positive')
         super().__init__(dim, num_outputs, hidden_dim, dropout)
         self.mean, self.std = mean, std
-    # the network predicts standardised values: its loss stays near 1 whatever the targets' scale, so it weighs like the
-    # other tasks'
     def forward(self, x): return self.net(x) * self.std + self.mean
-    def loss(self, prediction, target):
-        return F.mse_loss(prediction, target.to(prediction.dtype).reshape(prediction.shape)) / self.std ** 2
 
 class MultiLabelHead(Head):
-    "One independent yes/no logit per label; binary cross-entropy over a (B, num_labels) 0/1 target."
+    "One independent yes/no logit per label."
     def __init__(self, dim: int, num_labels: int, hidden_dim: int = 0, dropout: float = 0.0):
         super().__init__(dim, num_labels, hidden_dim, dropout)
-    def loss(self, logits, target): return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
 
 class ContrastiveProjection(Head):
-    """Unit-length `embed_dim` embeddings; symmetric InfoNCE against the paired embeddings of the other side at
-    `temperature`."""
-    def __init__(self, dim: int, embed_dim: int, hidden_dim: int = 0, temperature: float = 0.07):
+    "Unit-length `embed_dim` embeddings, to be matched with the other modality's."
+    def __init__(self, dim: int, embed_dim: int, hidden_dim: int = 0):
         super().__init__(dim, embed_dim, hidden_dim)
-        self.temperature = temperature
     def forward(self, x): return F.normalize(self.net(x), dim=-1)
-    def loss(self, embeds, target_embeds):  # CLIP's loss, negatives gathered from every process under DDP
-        return clip_loss(embeds, F.normalize(target_embeds, dim=-1), torch.tensor(1 / self.temperature))
 
 class MultiTaskHead(nn.Module):
-    "A dict of heads sharing one input: predictions and per-task losses (weighted by `weights`) as dicts keyed by task."
-    def __init__(self, heads: dict, weights: Optional[dict] = None):
+    "A dict of heads sharing one input; their predictions as a dict keyed by task."
+    def __init__(self, heads: dict):
         super().__init__()
         if not heads: raise ValueError('MultiTaskHead needs at least one head')
         self.heads = nn.ModuleDict(heads)
-        self.weights = {name: 1.0 for name in heads} | (weights or {})
-        unknown = sorted(set(self.weights) - set(heads))
-        if unknown: raise ValueError(f'weights for unknown tasks {unknown}; tasks: {", ".join(heads)}')
     def forward(self, x: torch.Tensor) -> dict: return {name: head(x) for name, head in self.heads.items()}
-    def loss(self, predictions: dict, targets: dict) -> dict:
-        "One weighted loss per task whose target is in `targets` (tasks without a target are skipped)."
-        return {name: self.weights[name] * self.heads[name].loss(predictions[name], targets[name])
-                for name in self.heads if targets.get(name) is not None}
 
 HEADS = {'classification': ClassificationHead, 'regression': RegressionHead, 'multilabel': MultiLabelHead,
          'contrastive': ContrastiveProjection}

@@ -4,8 +4,7 @@
 
 # %% auto #0
 __all__ = ['RECALL_MODES', 'LarimarConfig', 'CaptionerOutput', 'Recall', 'PrefixDecoder', 'augment_view', 'caption_positions',
-           'contrastive', 'Episodes', 'make_episodes', 'HFPrefixDecoder', 'CaptionerMemory', 'LarimarCaptioner',
-           'larimar_memory_gb']
+           'Episodes', 'make_episodes', 'HFPrefixDecoder', 'CaptionerMemory', 'LarimarCaptioner', 'larimar_memory_gb']
 
 # %% ../nbs/06c_larimar.ipynb #bd54b543
 import math
@@ -66,11 +65,15 @@ class LarimarConfig:
 
 @dataclass
 class CaptionerOutput:
-    "What `LarimarCaptioner.forward` returns in a training episode."
+    "What `LarimarCaptioner.forward` returns for a batch of training episodes: predictions, and what its loss needs."
     token_logits: torch.Tensor  # (B, L-1, vocab)
     targets: torch.Tensor  # (B, L-1): the episode's captions (renamed, counterfactual), -100 where padding
     in_scope: torch.Tensor  # (B,) bool: the memory holds the answer
-    loss_terms: dict
+    keys: torch.Tensor  # (W, key_dim) the written images' keys
+    view_keys: torch.Tensor  # (V, key_dim) keys of written images asked about from another view: each must find its own
+    view_of: torch.Tensor  # (V,) long: the written image (row of `keys`) each view shows
+    concept_keys: torch.Tensor  # (B, concept_dim): images of one class must gather
+    label: Optional[torch.Tensor] = None  # (B,) classes of the batch, when given
 
 
 RECALL_MODES = ('out of scope', 'the same image', 'a memorised concept')  # `Recall.mode` 0, 1, 2, in words
@@ -126,12 +129,6 @@ def caption_positions(input_ids, attention_mask):
     "(B, L) bool: the word positions of each caption (not padding, not its first and last token: start and end)."
     pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
     return (attention_mask > 0) & (pos > 0) & (pos < attention_mask.sum(1, keepdim=True) - 1)
-
-
-def contrastive(queries, keys, positives, temperature):
-    "Mean over queries of -log p(positive keys): InfoNCE with one positive, supervised contrastive with several."
-    logp = (queries @ keys.T / temperature).log_softmax(-1)
-    return -(logp * positives).sum(1).div(positives.sum(1)).mean()
 
 
 @dataclass
@@ -471,6 +468,8 @@ class LarimarCaptioner(CaptionerMemory, nn.Module):
         w = self.episodic_memory.address(address.to(memory.dtype), memory, dims=slice(0, dk), noise_std=noise)
         return w @ memory[:, dk:]
 
+    batch_inputs = ('image', 'input_ids', 'attention_mask', 'label')  # what the trainer passes from a batch
+
     def forward(self, image, input_ids, attention_mask=None, label=None) -> CaptionerOutput:
         """One batch of training episodes (`make_episodes`): write each episode's memory by least squares, ask about
         its images (written ones from another view), decode what the memory makes the model say."""
@@ -490,18 +489,8 @@ class LarimarCaptioner(CaptionerMemory, nn.Module):
         recall = self._episode_recall(ep, key, qkey, concept, self.encode_caption(ep.captions[w], ep.attention_mask[w]))
         logits = self._decode(qprefix, recall, ep.captions[:, :-1])
         target = ep.captions[:, 1:].masked_fill(ep.attention_mask[:, 1:] == 0, -100)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
-        terms = {'caption': ce}
-        if len(w) > 1:  # another view of an image finds its own key among the written ones
-            views_apart = ~same
-            if views_apart.any():
-                pos = torch.eye(len(w), device=image.device)[views_apart]
-                terms['key'] = contrastive(qkey[w][views_apart], key[w], pos, c.key_temperature)
-        if label is not None and len(label.unique()) > 1:  # images of a class gather: a concept's new images find it
-            pos = (label[:, None] == label[None]).float().fill_diagonal_(0)
-            has = pos.sum(1) > 0
-            terms['concept'] = contrastive(concept[has], concept, pos[has] - 0, c.key_temperature) if has.any() else 0
-        return CaptionerOutput(logits, target, recall.mode > 0, terms)
+        apart = (~same).nonzero().squeeze(1)  # written images asked about from another view
+        return CaptionerOutput(logits, target, recall.mode > 0, key[w], qkey[w][apart], apart, concept, label)
 
     def _episode_recall(self, ep: Episodes, key, qkey, concept, values) -> Recall:
         """The memory read of every item in its own episode: written items by their view's nearest written key, the

@@ -80,13 +80,14 @@ class Classification:
 
 def _lock_own(encoder: nn.Module, projection: nn.Module, unlocked: int):
     "Freeze one of memvlm's own towers with its projection, or (`unlocked` > 0) all but its last `unlocked` blocks."
-    if unlocked == 0:
-        for p in [*encoder.parameters(), *projection.parameters()]: p.requires_grad_(False)
+    if unlocked == 0: freeze(encoder), freeze(projection)
     else: freeze(encoder, blocks=max(len(encoder_blocks(encoder)) - unlocked, 0))
 
 class MemoryCLIP(nn.Module):
     """CLIP-style dual encoder whose vision transformer carries learnable memory tokens, and an episodic memory of
     concepts that `memorize` writes without gradients."""
+    batch_inputs = ('image', 'input_ids', 'attention_mask')  # what the trainer passes from a batch
+
     def __init__(self, config: MemoryCLIPConfig = MemoryCLIPConfig()):
         super().__init__()
         self.config = c = config
@@ -159,9 +160,10 @@ class MemoryCLIP(nn.Module):
         else: x = self.text_proj(self.text(input_ids, attention_mask).pooled)
         return F.normalize(x, dim=-1) if normalize else x
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor,
+    def forward(self, image: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: Optional[torch.Tensor] = None) -> CLIPOutput:
-        return CLIPOutput(self.encode_image(images), self.encode_text(input_ids, attention_mask),
+        "Unit-length embeddings of the images and captions, and the logit scale; `losses.ContrastiveLoss` judges them."
+        return CLIPOutput(self.encode_image(image), self.encode_text(input_ids, attention_mask),
                           self.logit_scale.exp().clamp(max=self.config.max_logit_scale))
 
     def set_grad_checkpointing(self, enable: bool = True):
@@ -316,10 +318,10 @@ class FusionOutput:
     "What `FusionModel` returns."
     logits: torch.Tensor  # (B, out) predictions of the first task (class logits for classification)
     fused: torch.Tensor  # (B, embed_dim) the fused vector
-    loss_terms: dict  # {task: weighted scalar loss} for each task whose target the batch has
     predictions: dict = field(default_factory=dict)  # {task: (B, out)} of every predicting task
     image_embeds: Optional[torch.Tensor] = None  # (B, embed_dim) unit vectors of the contrastive task
     text_embeds: Optional[torch.Tensor] = None
+    paired: Optional[torch.Tensor] = None  # (B,) bool: examples with both modalities, which the contrastive task pairs
 
 # %% ../nbs/07_models.ipynb #5aca0af0
 def parse_task_weights(spec: str, tasks: list) -> dict:
@@ -379,8 +381,7 @@ def task_head(c: FusionModelConfig, task: str) -> nn.Module:
     size = getattr(c, size_field)
     if size < 1: raise ValueError(f'task {task} needs {size_field} >= 1 (how many outputs to predict); got '
                                   f'{size_field}={size}')
-    extra = {'classification': dict(label_smoothing=c.label_smoothing),
-             'regression': dict(mean=c.value_mean, std=c.value_std)}.get(task, {})
+    extra = {'regression': dict(mean=c.value_mean, std=c.value_std)}.get(task, {})
     return HEADS[task](c.embed_dim, size, c.head_hidden, c.dropout, **extra)
 
 def _presence(B: int, given: bool, flags, device) -> torch.Tensor:
@@ -395,6 +396,8 @@ def _text_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 class FusionModel(nn.Module):
     "Vision and text encoders, a fusion, one head per task (a `MultiTaskHead`) and optionally a contrastive term."
+    batch_inputs = ('image', 'input_ids', 'attention_mask', 'has_image', 'has_text')  # what the trainer passes
+
     def __init__(self, config: FusionModelConfig = FusionModelConfig()):
         super().__init__()
         self.config = c = config
@@ -404,13 +407,12 @@ class FusionModel(nn.Module):
             predictors = ', '.join(t for t in TASKS if TASKS[t].outputs)
             raise ValueError(f'task={c.task!r}: expected {predictors}, or several of them '
                              'joined by + (plus contrastive, which aligns image and text beside a predicting task)')
-        weights = parse_task_weights(c.task_weights, self.tasks)
+        parse_task_weights(c.task_weights, self.tasks)  # a bad spec fails here, not at the first loss
         self.visual, self.text = build_vision(c), build_text(c)
         self.fusion = create_fusion(c.fusion, self.visual.width, self.text.width, c.embed_dim, c.fusion_heads,
                                     c.dropout)
-        self.heads = MultiTaskHead({t: task_head(c, t) for t in predicting}, {t: weights[t] for t in predicting})
+        self.heads = MultiTaskHead({t: task_head(c, t) for t in predicting})
         for part in (self.fusion, self.heads): part.apply(init_linear)
-        self.contrastive_weight = weights.get('contrastive', 0.0)
         # projections of each encoder's pooled output, trained to match image and caption
         if 'contrastive' in self.tasks:
             self.image_projection = ContrastiveProjection(self.visual.width, c.embed_dim)
@@ -426,19 +428,11 @@ class FusionModel(nn.Module):
         return (branches * weights[..., None]).sum(1), {t: (p * weights[..., None]).sum(1) for t,
                                                         p in self.heads(branches).items()}
 
-    def _contrastive(self, out: 'FusionOutput', img, txt, both: torch.Tensor):
-        "Add the image-text alignment term over the examples with `both` modalities (each other pair is a negative)."
-        out.image_embeds, out.text_embeds = self.image_projection(img.pooled), self.text_projection(txt.pooled)
-        if both.sum() > 1:
-            loss = self.image_projection.loss(out.image_embeds[both], out.text_embeds[both])
-            out.loss_terms['contrastive'] = self.contrastive_weight * loss
-
     def forward(self, image: Optional[torch.Tensor] = None, input_ids: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None, label: Optional[torch.Tensor] = None,
-                value: Optional[torch.Tensor] = None, tags: Optional[torch.Tensor] = None,
-                has_image: Optional[torch.Tensor] = None, has_text: Optional[torch.Tensor] = None) -> FusionOutput:
-        """Batch entries as keyword arguments; `image` or `input_ids` may be None. Targets: `label` (classification),
-        `value` (regression), `tags` (multilabel, 0/1); `has_image`/`has_text`: (B,) per-example presence."""
+                attention_mask: Optional[torch.Tensor] = None, has_image: Optional[torch.Tensor] = None,
+                has_text: Optional[torch.Tensor] = None) -> FusionOutput:
+        """Each task's prediction from an image, a caption or both (`image` or `input_ids` may be None);
+        `has_image`/`has_text`: (B,) per-example presence. The contrastive task adds both modalities' embeddings."""
         if image is None and input_ids is None: raise ValueError('FusionModel needs an image or input_ids (or both); '
                                                                  'got neither')
         ref = image if image is not None else input_ids
@@ -456,11 +450,10 @@ class FusionModel(nn.Module):
             txt = self.text(input_ids, enc_mask); txt_tokens = txt.tokens
             txt_mask = enc_mask.bool() & txt_on[:, None]
         fused, predictions = self._predict(img_tokens, txt_tokens, img_mask, txt_mask)
-        given = {'label': label, 'value': value, 'tags': tags}
-        targets = {t: given[TARGET_KEYS[t]].to(device) for t in predictions if given[TARGET_KEYS[t]] is not None}
-        out = FusionOutput(next(iter(predictions.values())), fused, self.heads.loss(predictions, targets), predictions)
-        if self.contrastive_weight and img is not None and txt is not None: self._contrastive(out, img, txt,
-                                                                                              img_on & txt_on)
+        out = FusionOutput(next(iter(predictions.values())), fused, predictions)
+        if 'contrastive' in self.tasks and img is not None and txt is not None:
+            out.image_embeds, out.text_embeds = self.image_projection(img.pooled), self.text_projection(txt.pooled)
+            out.paired = img_on & txt_on
         return out
 
     def set_grad_checkpointing(self, enable: bool = True):

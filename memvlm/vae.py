@@ -47,7 +47,6 @@ class VAEOutput:
     logvar: torch.Tensor  # (B, latent_dim)
     token_logits: Optional[torch.Tensor]  # (B, L-1, vocab) next-token logits, when captions were given
     images: torch.Tensor  # (B, 3, H, W) reconstruction in the normalised pixel space
-    loss_terms: dict  # caption, image, kl: scalars whose sum is the training loss
 
 # %% ../nbs/06b_vae.ipynb #4e53b59b
 class CaptionDecoder(nn.Module):
@@ -87,6 +86,8 @@ class ImageDecoder(nn.Sequential):
 class MultimodalVAE(nn.Module):
     """Larimar-style multimodal VAE: image and caption encoders, a fused Gaussian latent, an episodic memory of latents,
     caption and image decoders."""
+    batch_inputs = ('image', 'input_ids', 'attention_mask')  # what the trainer passes from a batch
+
     def __init__(self, config: MultimodalVAEConfig = MultimodalVAEConfig()):
         super().__init__()
         self.config = c = config
@@ -144,17 +145,8 @@ class MultimodalVAE(nn.Module):
             r = self.read_memory(z, memory.solve(z, memory.prior), noise_std=c.read_noise_std)
         else: r = self.read_memory(z)
         cond = torch.cat([z, r], -1)
-        images = self.image_decoder(cond)
-        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1).mean()
-        terms, logits = {'kl': c.kl_weight * kl}, None
-        if image is not None: terms['image'] = F.mse_loss(images, image)
-        if input_ids is not None:
-            logits = self.caption_decoder(cond, input_ids[:, :-1])
-            target = input_ids[:, 1:]
-            if attention_mask is not None: target = target.masked_fill(attention_mask[:, 1:] == 0, -100)
-            terms['caption'] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                               ignore_index=-100)
-        return VAEOutput(mu, logvar, logits, images, terms)
+        logits = self.caption_decoder(cond, input_ids[:, :-1]) if input_ids is not None else None
+        return VAEOutput(mu, logvar, logits, self.image_decoder(cond))
 
     def _condition(self, image=None, input_ids=None, attention_mask=None, use_memory: bool = True) -> torch.Tensor:
         mu, _ = self.encode(image, input_ids, attention_mask)

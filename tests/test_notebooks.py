@@ -6,6 +6,7 @@ import pytest
 from nbdev.config import get_config
 from nbdev.test import test_nb as run_notebook  # renamed so pytest does not collect it
 
+import memvlm.models  # noqa: F401  the library's registry, every family in it, is what each chapter leaves behind
 from memvlm import registry
 from memvlm.encoders import open_clip_towers_supported
 
