@@ -102,14 +102,14 @@ def open_clip_optimizer(model: torch.nn.Module, lr: float = 1e-3, weight_decay: 
 
 def memvlm_step(model, batch: dict, precision: str = 'fp32', lr: float = 1e-3, fused: Optional[bool] = None) -> Callable[[], float]:
     "One optimiser step as memvlm's Trainer takes it: autocast, the default step function, backward, clip, AdamW."
-    from memvlm.losses import contrastive_step
-    from memvlm.training import autocast_context
+    from memvlm.engine import autocast_context
+    from memvlm.losses import create_loss
     device = next(model.parameters()).device
-    opt = memvlm_optimizer(model, lr, fused=fused)
+    opt, loss_fn = memvlm_optimizer(model, lr, fused=fused), create_loss(model)
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     def step() -> float:
         with autocast_context(device, precision):
-            loss, _ = contrastive_step(model, batch)
+            loss, _ = loss_fn(model(batch['image'], batch['input_ids'], batch.get('attention_mask')), batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -122,7 +122,7 @@ def memvlm_step(model, batch: dict, precision: str = 'fp32', lr: float = 1e-3, f
 def open_clip_step(model, batch: dict, context_length: int, precision: str = 'fp32', lr: float = 1e-3) -> Callable[[], float]:
     "One optimiser step as open_clip_train takes it: autocast, `ClipLoss`, backward, clip, AdamW."
     from open_clip.loss import ClipLoss
-    from memvlm.training import autocast_context
+    from memvlm.engine import autocast_context
     device = next(model.parameters()).device
     opt, loss_fn = open_clip_optimizer(model, lr), ClipLoss()
     images, ids = batch['image'].to(device), full_context(batch['input_ids'], context_length).to(device)

@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def train(model, rows, tok, epochs: int, seed: int, batch_size: int = 64, lr: float = 2e-3):
     "AdamW with a one-cycle schedule over `rows`, shuffled per epoch; the loop of every memvlm model trained here."
     from memvlm.data import ImageTextDataset, image_transform, make_loader
+    from memvlm.losses import create_loss
+    loss_fn = create_loss(model)
     ds = ImageTextDataset(rows, tok, image_transform(model.config.image_size), seed=seed)
     loader = make_loader(ds, batch_size, train=True, seed=seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -47,10 +49,10 @@ def train(model, rows, tok, epochs: int, seed: int, batch_size: int = 64, lr: fl
         ds.set_epoch(epoch); model.train()
         for batch in loader:
             out = model(batch['image'], batch['input_ids'], batch['attention_mask'], batch.get('label'))
-            loss = sum(out.loss_terms.values())
+            loss, logs = loss_fn(out, batch)
             opt.zero_grad(); loss.backward(); opt.step(); sched.step()
         if epoch % 10 == 9 or epoch == epochs - 1:
-            print(f'  epoch {epoch + 1}: ' + ' '.join(f'{k}={float(v):.3f}' for k, v in out.loss_terms.items()), flush=True)
+            print(f'  epoch {epoch + 1}: ' + ' '.join(f'{k}={v:.3f}' for k, v in logs.items()), flush=True)
     return time.time() - start
 
 
@@ -201,8 +203,7 @@ def figure(cap: Captioner, written, edits, path):
 def train_captioner(name: str, splits: dict, tok, epochs: int, seed: int):
     """larimar-tiny trained on `splits['train']`, its scope calibrated on the training and validation images:
     (captioner, training seconds, the train, validation and test batches)."""
-    from memvlm.registry import create_model
-    import memvlm.larimar  # noqa: F401  registers larimar-tiny
+    from memvlm.models import create_model  # every family's models are registered there
     torch.manual_seed(seed)
     model = create_model('larimar-tiny', vocab_size=tok.vocab_size)
     print(f'{name}: training larimar-tiny ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M) for {epochs} epochs')

@@ -54,13 +54,13 @@ def build(name: str, device: torch.device):
 
 def step_flops(model, batch: dict, precision: str, device: torch.device) -> int:
     "FLOPs of one forward and backward pass of memvlm's default step function on `batch`."
-    from memvlm.losses import contrastive_step
-    from memvlm.training import autocast_context
+    from memvlm.engine import autocast_context
+    from memvlm.losses import create_loss
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     counter = FlopCounterMode(display=False)
     with counter:
         with autocast_context(device, precision):
-            loss, _ = contrastive_step(model, batch)
+            loss, _ = create_loss(model)(model(batch['image'], batch['input_ids'], batch.get('attention_mask')), batch)
         loss.backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()

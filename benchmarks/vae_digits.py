@@ -26,12 +26,13 @@ def main():
     from memvlm.config import seed_everything
     from memvlm.data import CaptionTokenizer, ImageTextDataset, collate, digit_captions, image_transform, load_digits_captions, make_loader
     from memvlm.models import create_model
-    import memvlm.vae  # noqa: F401  registers vae-tiny
+    from memvlm.losses import create_loss
 
     seed_everything(args.seed)
     data = load_digits_captions(seed=args.seed)
     tok = CaptionTokenizer.build([c for label in range(10) for c in digit_captions(label)], 16)
     model = create_model('vae-tiny', vocab_size=tok.vocab_size)
+    loss_fn = create_loss(model)
     size = model.config.image_size
     loader = make_loader(ImageTextDataset(data['train'], tok, image_transform(size), seed=args.seed), 64, train=True, seed=args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
@@ -40,10 +41,9 @@ def main():
     for epoch in range(args.epochs):
         loader.dataset.set_epoch(epoch); model.train()
         for batch in loader:
-            out = model(batch['image'], batch['input_ids'], batch['attention_mask'])
-            loss = sum(out.loss_terms.values())
+            loss, logs = loss_fn(model(batch['image'], batch['input_ids'], batch['attention_mask']), batch)
             opt.zero_grad(); loss.backward(); opt.step(); sched.step()
-        print(f'epoch {epoch + 1}: ' + ' '.join(f'{k}={v.item():.3f}' for k, v in out.loss_terms.items()), flush=True)
+        print(f'epoch {epoch + 1}: ' + ' '.join(f'{k}={v:.3f}' for k, v in logs.items()), flush=True)
     train_seconds = time.time() - start
     model.eval()
     torch.set_grad_enabled(False)

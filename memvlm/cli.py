@@ -5,18 +5,15 @@
 # %% auto #0
 __all__ = ['build_parser', 'main']
 
-# %% ../nbs/12_cli.ipynb #71145a39
+# %% ../nbs/12_cli.ipynb #6c50f1c8
 import argparse
 import sys
 from typing import Optional
 
 from .config import ConfigError, RunConfig, config_options, get_config, update_config
-from .data import Columns
-from .evaluation import EVALUATIONS
-from .recipes import (Run, evaluate_checkpoint, forget_checkpoint, memorize_checkpoint, predict, prepare_run,
-                            run_training)
+from .tasks import EVALUATIONS
 
-# %% ../nbs/12_cli.ipynb #1cc60744
+# %% ../nbs/12_cli.ipynb #db0a3bbb
 def _flag(name: str) -> str: return '--' + name.replace('_', '-')
 
 def _train_parser(sub):
@@ -95,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_train_parser, _eval_parser, _predict_parser, _memory_parsers): add(sub)
     return parser
 
-def _print_summary(run: Run, metrics: dict):
+# %% ../nbs/12_cli.ipynb #1ec2751b
+def _print_summary(run, metrics: dict):
     print(f"\nbest epoch {metrics['best_epoch']}, trained in {metrics['train_seconds']:.0f} s; "
           f"test split of {run.data.name}:")
     for k, v in metrics.items():
@@ -105,7 +103,9 @@ def _print_summary(run: Run, metrics: dict):
         print(f'skipped while loading {run.data.name}: {skips.total} examples ({skips.summary()})')
     print(f'written to {run.output_dir}/: best/, last/, metrics.json, history.csv, curves.png, config.yaml')
 
-def _prepare_train(args) -> Run:
+def _prepare_train(args):
+    "The run the flags, the YAML file and the `MEMVLM_*` variables describe, checked and built (`prepare_run`)."
+    from memvlm.recipes import prepare_run
     flags = {o.name: getattr(args, o.name) for o in config_options() if getattr(args, o.name) is not None}
     try: cfg, problems = get_config(args.config), []
     except ConfigError as e: cfg, problems = RunConfig(), e.problems  # the flags are still checked: one error lists all
@@ -114,13 +114,23 @@ def _prepare_train(args) -> Run:
     if problems: raise ConfigError(problems)
     run = prepare_run(cfg)
     n_params = sum(p.numel() for p in run.model.parameters())
+    tokens = getattr(run.model.config, 'memory_tokens', None)  # a captioner's memory is episodic: it has none
     print(f"memvlm train: {run.data!r}\n  model {cfg.model.model} ({n_params / 1e6:.2f}M parameters, "
-          f"{getattr(run.model.config, 'memory_tokens', 0)} memory tokens, {run.tokenizer.vocab_size} tokens) on "
-          f"{run.device}, "
-          f"{cfg.train.precision}, {cfg.train.epochs} epochs of batch {cfg.train.batch_size}")
+          + (f"{tokens} memory tokens, " if tokens is not None else '') + f"{run.tokenizer.vocab_size} tokens) on "
+          f"{run.device}, {cfg.train.precision}, {cfg.train.epochs} epochs of batch {cfg.train.batch_size}")
     return run
 
+def _train_command(args) -> int:
+    from memvlm.recipes import run_training
+    try: run = _prepare_train(args)
+    except _ERRORS as e:
+        print(f'memvlm train: error: {e}', file=sys.stderr); return 2
+    metrics = run_training(run, progress=not args.quiet)  # errors past the checks are bugs: they show a traceback
+    _print_summary(run, metrics)
+    return 0
+
 def _eval_command(args) -> int:
+    from memvlm.inference import evaluate_checkpoint
     tasks = [t.strip() for t in args.tasks.split(',') if t.strip()] if args.tasks else None
     metrics, out = evaluate_checkpoint(args.checkpoint, args.dataset, args.output_dir, args.split, args.device, tasks)
     print(f'memvlm eval: {args.checkpoint} on the {args.split} split')
@@ -128,12 +138,14 @@ def _eval_command(args) -> int:
     print(f'written to {out}/: ' + ', '.join(sorted(p.name for p in out.iterdir() if p.is_file())))
     return 0
 
+# %% ../nbs/12_cli.ipynb #70bb129e
 def _label_line(r: dict) -> str:
     similarity = f"  similarity {r['similarity']:+.3f}" if 'similarity' in r else ''
     source = f"  ({r['source']})" if r.get('source') == 'memory' else ''
     return f"{r['label']:20s} probability {r['probability']:.3f}{similarity}{source}"
 
 def _predict_command(args) -> int:
+    from memvlm.inference import predict
     result = predict(args.checkpoint, args.image, args.text, args.dataset, args.device, args.top)
     for r in result.get('labels', []): print(_label_line(r))
     if 'value' in result: print('value: ' + ', '.join(f'{v:.3f}' for v in result['value']))
@@ -146,7 +158,10 @@ def _predict_command(args) -> int:
                     f"{result['caption_without_memory']!r}" + ('' if result['shaped_by_memory'] else ' (the same)'))
     return 0
 
+# %% ../nbs/12_cli.ipynb #d51bdac4
 def _memorize_command(args) -> int:
+    from memvlm.data import Columns
+    from memvlm.inference import memorize_checkpoint
     columns = Columns(args.image_key, args.caption_key, args.label_key)
     r = memorize_checkpoint(args.checkpoint, args.dataset, args.output, args.device, base_dataset=args.base_dataset,
                             columns=columns, as_concepts=args.concepts)
@@ -163,6 +178,7 @@ def _memorize_command(args) -> int:
     return 0
 
 def _forget_command(args) -> int:
+    from memvlm.inference import forget_checkpoint
     what = None if args.all else args.concept or args.caption
     left = forget_checkpoint(args.checkpoint, what, args.output, args.device)
     held = f" ({', '.join(list(left)[:8])})" if left else ''
@@ -170,6 +186,7 @@ def _forget_command(args) -> int:
           + f'; written to {args.output or args.checkpoint}')
     return 0
 
+# %% ../nbs/12_cli.ipynb #a36a1a18
 _ERRORS = (ConfigError, ValueError, KeyError, FileNotFoundError, RuntimeError)
 _COMMANDS = {'eval': _eval_command, 'predict': _predict_command, 'memorize': _memorize_command,
              'forget': _forget_command}
@@ -179,14 +196,7 @@ def main(argv: Optional[list] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None: parser.print_help(); return 0
-    if args.command == 'train':
-        try: run = _prepare_train(args)
-        except _ERRORS as e:
-            print(f'memvlm train: error: {e}', file=sys.stderr); return 2
-        # errors past the checks are bugs: let them show a traceback
-        metrics = run_training(run, progress=not args.quiet)
-        _print_summary(run, metrics)
-        return 0
+    if args.command == 'train': return _train_command(args)  # it reports bad input itself; later errors are bugs
     try: return _COMMANDS[args.command](args)
     except _ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

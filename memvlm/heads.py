@@ -26,7 +26,7 @@ class ClassificationHead(Head):
         super().__init__(dim, num_classes, hidden_dim, dropout)
 
 class RegressionHead(Head):
-    "`num_outputs` real numbers in the targets' units, learnt as standardised values (targets of typical `mean`, spread `std`)."
+    "`num_outputs` numbers in the targets' units, learnt standardised (targets around `mean`, spread `std`)."
     def __init__(self, dim: int, num_outputs: int = 1, hidden_dim: int = 0, dropout: float = 0.0, mean: float = 0.0,
                  std: float = 1.0):
         if not std > 0: raise ValueError(f'std={std}: the spread of the regression targets must be positive')

@@ -15,11 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import import_optional
 from .encoders import HFTextEncoder, TextEncoder, TimmEncoder, ViTEncoder, hf_model
 from .layers import Transformer, init_linear
 from .memory import EpisodicMemory, kmeans
-from .registry import count_parameters, model_config, register_model
+from .registry import model_config, register_model
 from .transforms import _affine_grid
 
 # %% ../nbs/06c_larimar.ipynb #28ea931d

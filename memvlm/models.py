@@ -17,11 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_model
 
-from .tasks import TARGET_KEYS, TASKS, task_parts
-from .registry import (ARCHITECTURES, MODEL_CONFIGS, Checkpoint, architecture_of, atomic_file,  # noqa: F401
-                             atomic_folder, count_parameters, create_model, list_models, load_checkpoint, model_config,
-                             model_transform, preprocessing, register_architecture, register_model, rename_state,
-                             save_checkpoint)
+from .tasks import TASKS, task_parts
+from .registry import register_architecture, register_model, rename_state
+# the models' API in one place, every family registered (the registry holds it: `memvlm.registry`)
+from .registry import (Checkpoint, count_parameters, create_model, list_models, load_checkpoint,  # noqa: F401
+                             model_config, model_transform, preprocessing, save_checkpoint)
 from .layers import MemoryTokens, init_linear
 from .encoders import (CNNEncoder, LSTMEncoder, OpenCLIPTextEncoder, OpenCLIPTowers, OpenCLIPVisionEncoder,
                              TextEncoder, TimmEncoder, ViTEncoder, encoder_blocks, freeze, load_open_clip_weights,

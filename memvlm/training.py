@@ -7,6 +7,7 @@ __all__ = ['layer_scales', 'param_groups', 'make_optimizer', 'freeze_parameters'
            'prepare_model', 'TrainingDiverged', 'mean_loss', 'epoch_batches', 'Checkpointing', 'Trainer']
 
 # %% ../nbs/09_training.ipynb #e5c7a676
+import copy
 import itertools
 from contextlib import nullcontext
 import math
@@ -251,6 +252,17 @@ class Checkpointing:
         restore_training_state(tensors, info, self.optimizer, self.scaler, self._generator(), self._parts())
         self.resumed = True
 
+    def _finish_best(self):
+        """Let `prepare_best` complete the best epoch's model (e.g. fit a memory's base statistics on it), then write
+        `best/` with it: the checkpoint is final, and nothing above the trainer rewrites it."""
+        folder = find_checkpoint(self.output_dir / 'best') if self.output_dir and self.is_main else None
+        if folder is None: return
+        best = copy.deepcopy(self.model)
+        tensors, info = read_checkpoint(folder, best, self.device)
+        self.prepare_best(best)
+        record = self.history[info['epoch'] - 1]
+        write_checkpoint(folder, best, tensors, info, self.tokenizer, {**self.metadata, **record})
+
     def _generator(self): return getattr(self.train_loader, 'generator', None)
     def _loss_params(self) -> list:
         return list(self.loss_fn.parameters()) if isinstance(self.loss_fn, nn.Module) else []
@@ -272,7 +284,7 @@ class Trainer(Checkpointing):
                  loss_fn: Optional[Callable] = None, evaluate: Optional[Callable[[nn.Module], dict]] = None,
                  monitor: str = 'val_loss', output_dir=None, tokenizer: Optional[CaptionTokenizer] = None,
                  progress: bool = True, callbacks: Sequence = (), metadata: Optional[dict] = None,
-                 batch_transform: Optional[Callable] = None):
+                 batch_transform: Optional[Callable] = None, prepare_best: Optional[Callable] = None):
         c = self.config = config
         self.evaluate, self.monitor, self.tokenizer = evaluate, monitor, tokenizer
         self.metadata = metadata or {}  # saved with each checkpoint beside the epoch's record (what reloads its data)
@@ -281,6 +293,7 @@ class Trainer(Checkpointing):
         self.progress = progress and self.is_main
         self.device = process_device(c.device, local_rank, self.world)
         self.batch_transform = batch_transform  # on the device, e.g. `BatchAugment` of uint8 images
+        self.prepare_best = prepare_best  # completes the best epoch's model once, before `best/` is final
         self.model, self.frozen = prepare_model(model, c, self.device)
         self.loss_fn = loss_fn if loss_fn is not None else create_loss(
             self.model, c.contrastive_loss, c.task_weighting, c.classification_loss, c.focal_gamma, gather_features)
@@ -316,6 +329,7 @@ class Trainer(Checkpointing):
             self.save('last', record)  # after everything that draws random numbers, so a resume continues exactly here
             if self.progress: tqdm.write(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
                                                   for k, v in record.items()))
+        if self.prepare_best is not None: self._finish_best()
         self._callback('on_fit_end')
         if self.world > 1: dist.barrier()  # every process sees the finished checkpoints before reading them
         return self.history

@@ -12,7 +12,6 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .encoders import TextEncoder, ViTEncoder
 from .layers import Transformer, init_linear

@@ -9,7 +9,8 @@ import torch
 
 from memvlm.config import TrainConfig, seed_everything
 from memvlm.models import create_model
-from memvlm.training import Trainer, distributed_loader
+from memvlm.engine import distributed_loader
+from memvlm.training import Trainer
 
 
 def pairs(n=32, classes=4, seed=0):

@@ -1,7 +1,10 @@
 """End-to-end checks of `memvlm train`: a tiny training budget, environment variables, YAML files, bad values."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from memvlm.config import RunConfig, load_config, save_config, update_config
@@ -80,3 +83,12 @@ def test_unknown_dataset_and_help(memvlm_script, memvlm_cli):
     assert r.returncode == 0 and 'MEMVLM_MEMORY_TOKENS' in r.stdout
     r = memvlm_cli('train', '--dataset', 'no-such-set')
     assert r.returncode == 2 and "unknown dataset 'no-such-set'" in r.stderr
+
+
+@pytest.mark.parametrize('args', [['--help'], ['train', '--help'], ['eval', '--help']])
+def test_help_answers_without_loading_torch(args):
+    "`memvlm --help` parses and prints from the options alone: no torch, timm, torchvision or datasets (a second saved)."
+    probe = (f'import sys\nfrom memvlm.cli import main\ntry: main({args!r})\nexcept SystemExit: pass\n'
+             "print(sorted(m for m in ('torch', 'timm', 'torchvision', 'datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True, check=True, timeout=60)
+    assert 'usage: memvlm' in out.stdout and out.stdout.splitlines()[-1] == '[]', out.stdout[-300:]

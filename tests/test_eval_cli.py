@@ -125,7 +125,7 @@ def test_eval_and_predict_make_images_square_as_the_run_did(tmp_path, monkeypatc
     "A run trained with `--resize pad` on wide images is evaluated and queried with padded images too, not squashed ones."
     import os
     from PIL import Image
-    from memvlm.recipes import predict
+    from memvlm.inference import predict
     from memvlm.data import image_transform
     from memvlm.evaluation import embed_texts
     for k in [k for k in os.environ if k.startswith('MEMVLM_')]: monkeypatch.delenv(k)

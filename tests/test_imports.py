@@ -1,16 +1,20 @@
-"""memvlm's modules import one way: each only from the modules before it in `ORDER` (the task table and config, then
-data, the building blocks and losses, models, the training engine, plots and evaluation, the recipes and the command line
-last). A module that reaches forward, even
-inside a function, fails here; a new module must be given its place."""
+"""memvlm's modules import one way: each only from the modules before it in `ORDER`, the layers of
+shared/DESIGN.md: config (the task table and options) -> data -> blocks (layers, encoders, memory, fusion, heads) ->
+models (the registry, one module per family, `models` holding them all) -> losses (which judge what models predict) ->
+engine -> training (the loop) -> evaluation (plots, metrics, widgets) -> recipes -> cli. A module that reaches forward,
+even inside a function, fails here; a new module must be given its place."""
 import ast
 from pathlib import Path
 
 import pytest
 
 LIB = Path(__file__).resolve().parent.parent / 'memvlm'
-ORDER = ['tasks', 'config', 'images', 'bundled', 'sources', 'tokenizer', 'transforms', 'data', 'layers', 'encoders',
-         'memory', 'fusion', 'losses', 'heads', 'registry', 'vae', 'larimar', 'models', 'double_loop',
-         'engine', 'training', 'plots', 'evaluation', 'widgets', 'recipes', 'cli', '__main__']
+ORDER = ['tasks', 'config',                                                              # options
+         'images', 'bundled', 'sources', 'tokenizer', 'transforms', 'data',                 # data
+         'layers', 'encoders', 'memory', 'fusion', 'heads',                                 # blocks
+         'registry', 'vae', 'larimar', 'models',                                            # models
+         'losses', 'double_loop', 'engine', 'training',                                     # losses, engine, the loop
+         'plots', 'evaluation', 'widgets', 'recipes', 'inference', 'cli', '__main__']       # judging and faces
 MODULES = sorted(p.stem for p in LIB.glob('*.py') if p.stem not in ('__init__', '_modidx'))
 
 

@@ -12,7 +12,7 @@ from memvlm.data import CaptionTokenizer, load_digits_captions
 from memvlm.larimar import LarimarCaptioner
 from memvlm.memory import ConceptMemory, EpisodicMemory, Memory
 from memvlm.models import create_model, load_checkpoint, save_checkpoint
-from memvlm.recipes import unknown_words
+from memvlm.inference import unknown_words
 
 SAMPLE = Path(__file__).resolve().parent.parent / 'data' / 'sample'
 EDITS = ['a handwritten digit nine', 'the digit two', 'a scanned handwritten five', 'the digit seven',
@@ -95,7 +95,6 @@ def test_memorize_names_words_outside_the_vocabulary(memvlm_cli, trained):
 def test_old_checkpoints_of_the_renamed_memories_load(tmp_path):
     "Checkpoints saved when both memories were called `episodic` load into `concept_memory` and `episodic_memory`."
     from safetensors.torch import load_file, save_file
-    import memvlm.vae  # noqa: F401  registers vae-tiny
     for name, new in (('memclip-tiny', 'concept_memory.'), ('vae-tiny', 'episodic_memory.')):
         torch.manual_seed(0)
         model = create_model(name, vocab_size=40)

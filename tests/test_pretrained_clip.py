@@ -139,7 +139,8 @@ def test_each_lock_option_trains_what_it_says(weights, tmp_path, lock):
 
 
 def test_fine_tune_end_to_end_memory_tokens_learn_and_memorize_works(weights, tmp_path):
-    from memvlm.recipes import memorize_checkpoint, predict, train
+    from memvlm.inference import memorize_checkpoint, predict
+    from memvlm.recipes import train
     from memvlm.data import write_digits_csv
     metrics = train(run_config(tmp_path, 'run', epochs=3, memory_only=True), progress=False)
     losses = [r['train_loss'] for r in metrics['history']]

@@ -27,7 +27,9 @@ from memvlm.config import ConfigError, TrainConfig
 from memvlm.data import (BadImageError, CaptionTokenizer, ImageTextDataset, get_dataset, image_transform, make_loader, open_image,
                          resolve_in_root)
 from memvlm.models import create_model, load_checkpoint, save_checkpoint
-from memvlm.training import Trainer, TrainingDiverged, atomic_folder, find_checkpoint
+from memvlm.engine import find_checkpoint
+from memvlm.registry import atomic_folder
+from memvlm.training import Trainer, TrainingDiverged
 
 TINY = ['--vision-depth', '1', '--text-depth', '1', '--vision-width', '32', '--text-width', '32', '--embed-dim', '16',
         '--device', 'cpu', '--quiet']
@@ -304,6 +306,7 @@ class Tiny(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.net = nn.Linear(4, 2)
+    batch_inputs = ('image',)
     def forward(self, image): return self.net(image)
 
 
@@ -315,15 +318,15 @@ def _pairs(n=32):
 def test_non_finite_loss_and_gradient_steps_are_skipped_logged_and_stop_the_run(tmp_path, capsys):
     "NaN loss and NaN gradients (finite loss): the step is skipped and logged; N in a row stop the run, the last good checkpoint intact."
     bad_steps = {3, 7, 8}  # NaN losses; step 5 has a NaN gradient; never 3 bad in a row: the run finishes
-    def step(model, batch, mode={'always_after': None, 'n': 0}):
+    def step(logits, batch, mode={'always_after': None, 'n': 0}):  # the loss: out is the Tiny model's logits
         mode['n'] += 1
-        loss = nn.functional.cross_entropy(model(batch['image']), batch['label'])
+        loss = nn.functional.cross_entropy(logits, batch['label'])
         if mode['n'] in bad_steps: return loss * float('nan'), {}
         if mode['n'] == 5 or (mode['always_after'] and mode['n'] > mode['always_after']):  # finite loss, NaN gradient
-            return loss + 0 * torch.sqrt(model.net.weight.sum() * 0), {}
+            return loss + 0 * torch.sqrt(logits.sum() * 0), {}
         return loss, {}
     loader = torch.utils.data.DataLoader(_pairs(), batch_size=8)  # 4 steps per epoch
-    t = Trainer(Tiny(), loader, None, TrainConfig(epochs=2, device='cpu', max_bad_steps=3), step_fn=step, monitor='train_loss',
+    t = Trainer(Tiny(), loader, None, TrainConfig(epochs=2, device='cpu', max_bad_steps=3), loss_fn=step, monitor='train_loss',
                 output_dir=tmp_path / 'ok', progress=False)
     hist = t.fit()
     assert hist[-1]['skipped_steps'] == 4 and all(torch.isfinite(p).all() for p in t.model.parameters())
@@ -332,7 +335,7 @@ def test_non_finite_loss_and_gradient_steps_are_skipped_logged_and_stop_the_run(
     assert capsys.readouterr().out.count('non-finite loss or gradient, step skipped') == 4
     step.__defaults__[0].update(always_after=8, n=0)  # from step 9 on every step is bad
     model = Tiny()
-    t = Trainer(model, loader, None, TrainConfig(epochs=3, device='cpu', max_bad_steps=3), step_fn=step, monitor='train_loss',
+    t = Trainer(model, loader, None, TrainConfig(epochs=3, device='cpu', max_bad_steps=3), loss_fn=step, monitor='train_loss',
                 output_dir=tmp_path / 'bad', progress=False)
     with pytest.raises(TrainingDiverged, match=r'3 optimiser steps in a row.*The last good checkpoint is .*last'):
         t.fit()
@@ -344,7 +347,7 @@ def test_non_finite_loss_and_gradient_steps_are_skipped_logged_and_stop_the_run(
 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     "ENOSPC in the middle of a checkpoint write: the run stops with the error and the previous `last` still loads and resumes."
-    import memvlm.training as training
+    import memvlm.engine as training
     calls, real = {'n': 0}, training.save_file
     def full_disk(tensors, path):
         calls['n'] += 1
@@ -352,14 +355,14 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
         return real(tensors, path)
     monkeypatch.setattr(training, 'save_file', full_disk)
     loader = torch.utils.data.DataLoader(_pairs(), batch_size=8)
-    step = lambda model, batch: (nn.functional.cross_entropy(model(batch['image']), batch['label']), {})
-    t = Trainer(Tiny(), loader, None, TrainConfig(epochs=3, device='cpu'), step_fn=step, monitor='train_loss',
+    step = lambda logits, batch: (nn.functional.cross_entropy(logits, batch['label']), {})
+    t = Trainer(Tiny(), loader, None, TrainConfig(epochs=3, device='cpu'), loss_fn=step, monitor='train_loss',
                 output_dir=tmp_path, progress=False)
     with pytest.raises(OSError, match='No space left'): t.fit()
     found = find_checkpoint(tmp_path / 'last')
     assert found == tmp_path / 'last' and json.loads((found / 'trainer_state.json').read_text())['epoch'] == 1
     monkeypatch.setattr(training, 'save_file', real)
-    t = Trainer(Tiny(), loader, None, TrainConfig(epochs=3, device='cpu', resume=True), step_fn=step, monitor='train_loss',
+    t = Trainer(Tiny(), loader, None, TrainConfig(epochs=3, device='cpu', resume=True), loss_fn=step, monitor='train_loss',
                 output_dir=tmp_path, progress=False)
     assert [r['epoch'] for r in t.fit()] == [1, 2, 3]
 

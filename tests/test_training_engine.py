@@ -12,7 +12,8 @@ import torch.nn as nn
 
 from memvlm.config import ConfigError, RunConfig, TrainConfig, apply_env, seed_everything
 from memvlm.losses import cross_entropy
-from memvlm.training import Trainer, TrainingDiverged, find_checkpoint
+from memvlm.engine import find_checkpoint
+from memvlm.training import Trainer, TrainingDiverged
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ddp_worker import pairs  # noqa: E402
@@ -23,7 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 @dataclass
 class Out:
     logits: torch.Tensor
-    loss_terms: dict
 
 
 class Classifier(nn.Module):
@@ -31,9 +31,13 @@ class Classifier(nn.Module):
     def __init__(self):
         super().__init__()
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 16), nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 4))
-    def forward(self, image, label=None):
-        logits = self.net(image)
-        return Out(logits, {} if label is None else {'ce': cross_entropy(logits, label)})
+    batch_inputs = ('image',)
+    def forward(self, image): return Out(self.net(image))
+
+
+def ce_loss(out, batch):
+    "The Classifier's judge: the cross-entropy of its logits against the batch's labels."
+    return cross_entropy(out.logits, batch['label']), {}
 
 
 def labelled(n=32):
@@ -54,7 +58,7 @@ def _grads(batch_size, accumulation):
     loader = torch.utils.data.DataLoader(labelled(32), batch_size=batch_size, shuffle=False)
     rec = GradRecorder()
     Trainer(model, loader, None, TrainConfig(epochs=1, device='cpu', accumulation_steps=accumulation, grad_clip=0.0),
-            monitor='train_loss', progress=False, callbacks=[rec]).fit()
+            loss_fn=ce_loss, monitor='train_loss', progress=False, callbacks=[rec]).fit()
     return rec.grads
 
 
@@ -133,13 +137,12 @@ def test_ddp_two_processes_match_one(tmp_path):
 
 def test_bf16_autocast_on_cpu():
     seen = []
-    def step(model, batch):
+    def loss_fn(out, batch):
         seen.append((torch.is_autocast_enabled('cpu'), torch.get_autocast_dtype('cpu')))
-        out = model(batch['image'], batch['label'])
         seen.append(out.logits.dtype)
-        return out.loss_terms['ce'], {}
+        return ce_loss(out, batch)
     loader = torch.utils.data.DataLoader(labelled(16), batch_size=8)
-    hist = Trainer(Classifier(), loader, None, TrainConfig(epochs=1, device='cpu', precision='bf16'), step_fn=step,
+    hist = Trainer(Classifier(), loader, None, TrainConfig(epochs=1, device='cpu', precision='bf16'), loss_fn=loss_fn,
                    monitor='train_loss', progress=False).fit()
     assert seen[0] == (True, torch.bfloat16) and seen[1] == torch.bfloat16
     assert math.isfinite(hist[-1]['train_loss'])
@@ -148,12 +151,12 @@ def test_bf16_autocast_on_cpu():
 def test_nan_steps_stop_the_run_and_keep_the_checkpoint(tmp_path):
     class Poison:
         def on_epoch_end(self, trainer, record): trainer.model.poison = True
-    def step(model, batch):
-        loss = model(batch['image'], batch['label']).loss_terms['ce']
-        return (loss * float('inf') if getattr(model, 'poison', False) else loss), {}
     model = Classifier()
+    def loss_fn(out, batch):
+        loss, _ = ce_loss(out, batch)
+        return (loss * float('inf') if getattr(model, 'poison', False) else loss), {}
     loader = torch.utils.data.DataLoader(labelled(32), batch_size=8)
-    t = Trainer(model, loader, None, TrainConfig(epochs=5, device='cpu', max_bad_steps=2), step_fn=step, monitor='train_loss',
+    t = Trainer(model, loader, None, TrainConfig(epochs=5, device='cpu', max_bad_steps=2), loss_fn=loss_fn, monitor='train_loss',
                 output_dir=tmp_path, progress=False, callbacks=[Poison()])
     with pytest.raises(TrainingDiverged, match='2 optimiser steps in a row'):
         t.fit()
@@ -166,8 +169,8 @@ def test_tensorboard_logger_and_freezing(tmp_path):
     model = Classifier()
     loader = torch.utils.data.DataLoader(labelled(16), batch_size=8)
     before = model.net[1].weight.detach().clone()
-    Trainer(model, loader, None, TrainConfig(epochs=1, device='cpu', logger='tensorboard', freeze='net.1'), monitor='train_loss',
-            output_dir=tmp_path, progress=False).fit()
+    Trainer(model, loader, None, TrainConfig(epochs=1, device='cpu', logger='tensorboard', freeze='net.1'), loss_fn=ce_loss,
+            monitor='train_loss', output_dir=tmp_path, progress=False).fit()
     assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
     assert torch.equal(model.net[1].weight, before) and not model.net[4].weight.equal(Classifier().net[4].weight)
 
