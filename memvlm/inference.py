@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import datasets
-import numpy as np
 import torch
 
 from .config import DataConfig, default_data_dir, load_config
@@ -24,7 +23,7 @@ from .models import (Checkpoint, FusionModel, MemoryCLIP, MemoryCLIPConfig, load
 from .larimar import RECALL_MODES, LarimarCaptioner, LarimarConfig
 from .engine import resolve_device
 from .evaluation import embed_texts, evaluate, zero_shot_classifier
-from .recipes import memory_prior
+from .recipes import check_writable, memory_prior, models_of
 
 # %% ../nbs/11b_inference.ipynb #9df8973c
 @dataclass
@@ -94,7 +93,7 @@ def evaluate_checkpoint(checkpoint, dataset: Optional[str] = None, output_dir=No
     ck = _load(checkpoint, device)
     data = checkpoint_data(ck, checkpoint, dataset)
     out = Path(output_dir) if output_dir else checkpoint.parent / 'report'
-    _check_writable(out)
+    check_writable(out)
     history = checkpoint.parent / 'history.csv'
     metrics = evaluate(ck.model, data, tasks, split, ck.tokenizer, out, device, batch_size,
                        history=history if history.is_file() and (tasks is None or 'curves' in tasks) else None,
@@ -212,7 +211,7 @@ def _memory_model(checkpoint, device):
     ck = _load(checkpoint, device)
     if not isinstance(ck.model, (MemoryCLIP, LarimarCaptioner)):
         raise ValueError(f'{checkpoint} holds a {type(ck.model).__name__}; memorize and forget teach the memories of '
-                         f'{_models_of(MemoryCLIPConfig, LarimarConfig)}')
+                         f'{models_of(MemoryCLIPConfig, LarimarConfig)}')
     return ck
 
 def unknown_words(tokenizer, captions: Sequence[str]) -> list:

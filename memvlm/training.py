@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['layer_scales', 'param_groups', 'make_optimizer', 'freeze_parameters', 'make_scheduler', 'LRSchedule', 'model_inputs',
-           'prepare_model', 'TrainingDiverged', 'mean_loss', 'epoch_batches', 'Checkpointing', 'Trainer']
+           'prepare_model', 'TrainingDiverged', 'mean_loss', 'epoch_batches', 'TrainerBookkeeping', 'Trainer']
 
 # %% ../nbs/09_training.ipynb #e5c7a676
 import copy
@@ -209,9 +209,10 @@ def epoch_batches(loader, epoch: int, epochs: int, progress: bool = True):
                 mininterval=0.1 if sys.stderr.isatty() else 30)  # a log file or `!memvlm train`: a line every 30 s
 
 # %% ../nbs/09_training.ipynb #87646f8e
-class Checkpointing:
-    """The `Trainer`'s setup and checkpoints: the optimiser, schedule, scaler and DDP wrapper it builds before the first
-    epoch, and the checkpoint folders it writes and resumes from (through the engine's functions)."""
+class TrainerBookkeeping:
+    """What the `Trainer` keeps around its loop: the optimiser, schedule, scaler and DDP wrapper it builds before the
+    first epoch, each epoch's record and the best so far, and the checkpoints it writes and resumes from (through the
+    engine's functions)."""
     def _setup(self):
         "Optimiser, schedule, gradient scaler and DDP wrapper; then the checkpoint to resume from, if any."
         c = self.config
@@ -268,13 +269,39 @@ class Checkpointing:
         return list(self.loss_fn.parameters()) if isinstance(self.loss_fn, nn.Module) else []
     def _params(self) -> list: return [p for g in self.optimizer.param_groups for p in g['params']]
 
+    def _epoch_record(self, losses: list, logs: dict, start: float) -> dict:
+        "The epoch's record: train loss, validation loss and scores, time; the monitored value must be among them."
+        record = {'epoch': self.epoch + 1, 'step': self.step, 'lr': self.optimizer.param_groups[0]['lr'],
+                  'train_loss': sum(losses) / len(losses) if losses else float('nan'), **logs}
+        if self.skipped_steps: record['skipped_steps'] = self.skipped_steps
+        if self.val_loader is not None:
+            record['val_loss'] = mean_loss(self.model, self.loss_fn, self.val_loader, self.device,
+                                           self.config.precision)
+        if self.evaluate is not None: record.update(self.evaluate(self.model.eval()))
+        record['seconds'] = time.time() - start
+        if self.monitor not in record:
+            raise KeyError(f'monitor={self.monitor!r} is not among the logged values: {", ".join(record)}')
+        return record
+
+    def _track_best(self, value: float) -> bool:
+        "Whether `value` of the monitored score is the best so far (remember it); early stopping after too many not."
+        improved = self.best is None or (value < self.best if 'loss' in self.monitor else value > self.best)
+        if improved: self.best, self.epochs_since_best = value, 0
+        else: self.epochs_since_best += 1
+        patience = self.config.early_stopping
+        if patience and self.epochs_since_best >= patience:
+            self.should_stop = True
+            if self.progress: tqdm.write(f'early stopping: {self.monitor} has not improved for '
+                                         f'{self.epochs_since_best} epochs (best {self.best:.4g})')
+        return improved
+
 # %% ../nbs/09_training.ipynb #abf83d6c
 _STEP_KEYS = ('step', 'epoch', 'loss', 'lr', 'grad_norm', 'skipped')  # of every step record; the rest: the loss's logs
 
 def _mean_logs(logs: list[dict]) -> dict:
     return {k: sum(l[k] for l in logs) / len(logs) for k in (logs[0] if logs else {})}
 
-class Trainer(Checkpointing):
+class Trainer(TrainerBookkeeping):
     """Fit a model: AdamW, timm schedules, AMP, accumulation, clipping, non-finite step skipping, checkpoints with exact
     resume, DDP, callbacks. The model predicts, `loss_fn(out, batch) -> (loss, logs)` judges (by default the loss
     of its family, `losses.create_loss`)."""
@@ -396,36 +423,8 @@ class Trainer(Checkpointing):
             f'{self.step}, epoch {self.epoch + 1}); training stopped. '
             + (f'The last good checkpoint is {last}.' if last else 'No checkpoint was written yet.')
             + ' Try a lower lr, precision=bf16 instead of fp16, or grad_clip.')
-
-    # --- each epoch ------------------------------------------------------------------------------------------------
     def _train_batch(self, batch: dict) -> dict:
         "A training batch on the device, its images through `batch_transform` there."
         batch = to_device(batch, self.device)
         if self.batch_transform is not None and 'image' in batch: batch['image'] = self.batch_transform(batch['image'])
         return batch
-
-    def _epoch_record(self, losses: list, logs: dict, start: float) -> dict:
-        "The epoch's record: train loss, validation loss and scores, time; the monitored value must be among them."
-        record = {'epoch': self.epoch + 1, 'step': self.step, 'lr': self.optimizer.param_groups[0]['lr'],
-                  'train_loss': sum(losses) / len(losses) if losses else float('nan'), **logs}
-        if self.skipped_steps: record['skipped_steps'] = self.skipped_steps
-        if self.val_loader is not None:
-            record['val_loss'] = mean_loss(self.model, self.loss_fn, self.val_loader, self.device,
-                                           self.config.precision)
-        if self.evaluate is not None: record.update(self.evaluate(self.model.eval()))
-        record['seconds'] = time.time() - start
-        if self.monitor not in record:
-            raise KeyError(f'monitor={self.monitor!r} is not among the logged values: {", ".join(record)}')
-        return record
-
-    def _track_best(self, value: float) -> bool:
-        "Whether `value` of the monitored score is the best so far (remember it); early stopping after too many not."
-        improved = self.best is None or (value < self.best if 'loss' in self.monitor else value > self.best)
-        if improved: self.best, self.epochs_since_best = value, 0
-        else: self.epochs_since_best += 1
-        patience = self.config.early_stopping
-        if patience and self.epochs_since_best >= patience:
-            self.should_stop = True
-            if self.progress: tqdm.write(f'early stopping: {self.monitor} has not improved for '
-                                         f'{self.epochs_since_best} epochs (best {self.best:.4g})')
-        return improved

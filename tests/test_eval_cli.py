@@ -19,7 +19,7 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp('run')
     digits = load_digits_captions()
     tok = CaptionTokenizer.build([c for caps in digits['train']['captions'] for c in caps])
-    described = describe_run(RunConfig(), digits)  # what memvlm train records: the data options and class names
+    described = describe_run(RunConfig().data, digits)  # what memvlm train records: the data options and class names
     save_checkpoint(create_model('memclip-tiny', vocab_size=tok.vocab_size, **TINY), root / 'best', tok, {'epoch': 1, **described})
     save_checkpoint(create_model('memclip-tiny', vocab_size=tok.vocab_size, **TINY), root / 'undescribed', tok, {'epoch': 1})
     model = create_model('memclip-tiny', vocab_size=tok.vocab_size, **TINY)

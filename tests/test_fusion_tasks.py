@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from memvlm.cli import main
+from memvlm.losses import create_loss
 from memvlm.models import load_checkpoint
 
 SAMPLE = Path(__file__).parents[1] / 'data' / 'sample'
@@ -48,7 +49,8 @@ def test_every_task_is_trained_and_scored(multitask_run):
     values = pd.read_csv(SAMPLE / 'captions.csv')['value']
     assert c.num_classes == 10 and c.num_tags == 4 and 3 < c.value_mean < 6 and 2 < c.value_std < 4, c  # from the train split
     assert values.min() == 0 and values.max() == 9
-    assert set(model.heads.heads) == {'classification', 'regression', 'multilabel'} and model.contrastive_weight == 0.5
+    assert set(model.heads.heads) == {'classification', 'regression', 'multilabel'}
+    assert create_loss(model).weights['contrastive'] == 0.5  # the loss reads the model config's task_weights
 
 
 def test_eval_and_predict_serve_the_multitask_checkpoint(multitask_run, tmp_path, capsys):
