@@ -373,6 +373,9 @@ class Trainer(TrainerBookkeeping):
             if not record['skipped']: losses.append(record['loss'])
             if self.progress:  # the bar redraws at its own pace
                 batches.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", refresh=False)
+        # run the loader to its end: its sampler draws from the loader's generator there, and the next epoch's order
+        # (as a resumed run replays it) depends on that
+        if next(micro, None) is not None: raise RuntimeError('the training loader yielded more batches than its length')
         return self._epoch_record(losses, {k: v for k, v in record.items() if k not in _STEP_KEYS}, start)
 
     def optimizer_step(self, micro_batches, n: int) -> dict:
