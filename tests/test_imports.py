@@ -10,7 +10,7 @@ import pytest
 LIB = Path(__file__).resolve().parent.parent / 'memvlm'
 ORDER = ['tasks', 'config', 'images', 'bundled', 'sources', 'tokenizer', 'transforms', 'data', 'layers', 'encoders',
          'memory', 'fusion', 'losses', 'heads', 'registry', 'vae', 'larimar', 'models', 'double_loop',
-         'engine', 'training', 'plots', 'evaluation', 'widgets', 'recipes', 'cli', '__main__']
+         'engine', 'training', 'plots', 'evaluation', 'fewshot', 'fewshot_protocol', 'widgets', 'recipes', 'cli', '__main__']
 MODULES = sorted(p.stem for p in LIB.glob('*.py') if p.stem not in ('__init__', '_modidx'))
 
 
