@@ -247,7 +247,7 @@ METHODS = {m.name: m for m in [
     Method('memory_zs', _memory_zs, BLEND_WEIGHTS, 1.0, ('text', 'memory'), 'w = 1', _blend_batch(_memory)),
 ]}
 
-# %% ../nbs/10b_fewshot.ipynb #0d0d2e4c
+# %% ../nbs/10b_fewshot.ipynb #866d3e63
 TUNING = ('none', 'few-shot', 'full')
 
 def check_tuning(tuning: str) -> str:
@@ -283,7 +283,7 @@ def validation_draw(k: int) -> int:
     "How many extra training images per class the few-shot validation uses at `k` shots: min(4, k)."
     return min(4, k)
 
-# %% ../nbs/10b_fewshot.ipynb #59bec5a6
+# %% ../nbs/10b_fewshot.ipynb #0c2e139e
 class NCMLearner:
     "Nearest class mean, updated class by class."
     name = 'ncm'
@@ -333,7 +333,7 @@ class MemoryLearner:
 
 RIDGES = tuple(10.0 ** i for i in range(-4, 7))
 
-# %% ../nbs/10b_fewshot.ipynb #8828b8a0
+# %% ../nbs/10b_fewshot.ipynb #d9b0b970
 def class_splits(n_classes: int, tasks: int, seed: int) -> list[list[int]]:
     "The classes 0..n-1 in a fixed shuffle by `seed`, cut into `tasks` tasks as equal as can be."
     if not 1 <= tasks <= n_classes:

@@ -152,7 +152,7 @@ def _data_dir() -> Path:
     from memvlm.config import default_data_dir
     return default_data_dir()
 
-# %% ../nbs/10c_fewshot_protocol.ipynb #ff300cca
+# %% ../nbs/10c_fewshot_protocol.ipynb #3e352763
 @dataclass
 class Encoder:
     "What the protocol reads from a model."
@@ -187,7 +187,7 @@ def _memvlm_encoder(checkpoint, device) -> Encoder:
                    lambda prompts: zero_shot_classifier(model, ck.tokenizer, prompts, device), scale,
                    memory if memory is not None and memory.has_prior else None, f'memvlm checkpoint {folder}')
 
-# %% ../nbs/10c_fewshot_protocol.ipynb #3e352763
+# %% ../nbs/10c_fewshot_protocol.ipynb #77774b97
 def _open_clip_encoder(name: str, pretrained: Optional[str], device) -> Encoder:
     from memvlm.config import import_optional
     open_clip = import_optional('open_clip', 'open-clip-torch', 'open_clip models')
@@ -219,7 +219,7 @@ def load_encoder(model: str = '', pretrained: Optional[str] = None, checkpoint=N
     if not model: raise ValueError('name a model: an open_clip model (with --pretrained) or a memvlm --checkpoint')
     return _open_clip_encoder(model, pretrained, device)
 
-# %% ../nbs/10c_fewshot_protocol.ipynb #77774b97
+# %% ../nbs/10c_fewshot_protocol.ipynb #cf8c78e7
 def augmented_view(image, seed: int, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)):
     "A random crop of `scale` of the image's area and `ratio` of its sides, flipped at random; the same for `seed`."
     rng = np.random.default_rng(seed)
@@ -249,7 +249,7 @@ def _encode(encoder: Encoder, data: FewShotData, split: str, indices, views: int
         out.append(encoder.encode(x.flatten(0, 1)).reshape(*x.shape[:2], -1))
     return torch.cat(out)
 
-# %% ../nbs/10c_fewshot_protocol.ipynb #cf8c78e7
+# %% ../nbs/10c_fewshot_protocol.ipynb #db5e92fd
 def cached_features(encoder: Encoder, data: FewShotData, split: str, indices, views: int = 1,
                     cache_dir=None) -> torch.Tensor:
     """(n, views, D) raw features of the images `indices` of `data[split]`, read from the cache under `cache_dir`
@@ -270,7 +270,7 @@ def cached_features(encoder: Encoder, data: FewShotData, split: str, indices, vi
         known = {int(i): k for k, i in enumerate(held['index'].tolist())}
     return held['features'][[known[int(i)] for i in indices]]
 
-# %% ../nbs/10c_fewshot_protocol.ipynb #96682e0e
+# %% ../nbs/10c_fewshot_protocol.ipynb #95d4acc9
 def _check_methods(methods: Optional[Sequence[str]]) -> list:
     if methods is None: return list(METHODS)
     unknown = [m for m in methods if m not in METHODS]
@@ -309,7 +309,7 @@ def _features(encoder, data, shots, seeds, views, mode, cache_dir) -> dict:
                                               torch.as_tensor(labels[more]))
     return out
 
-# %% ../nbs/10c_fewshot_protocol.ipynb #5bf2f8ec
+# %% ../nbs/10c_fewshot_protocol.ipynb #888b93cc
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(1) == labels).float().mean().item()
 
@@ -353,7 +353,7 @@ def run_dataset(encoder: Encoder, data: FewShotData, shots=(1, 2, 4, 8, 16), see
             'per_seed': _by_k(acc, list), 'settings': _by_k(settings, list), 'test_images': len(feats['test'][1]),
             'classes': len(data.classnames)}
 
-# %% ../nbs/10c_fewshot_protocol.ipynb #86522010
+# %% ../nbs/10c_fewshot_protocol.ipynb #f1ccc871
 def _ridge_chooser(mode: str, val_q, val_y) -> Optional[Callable]:
     "RanPAC's ridge chosen on the validation queries of the classes seen so far (none: λ = 1)."
     if val_q is None: return lambda learner, seen: 1.0
@@ -393,7 +393,7 @@ def run_incremental(encoder: Encoder, data: FewShotData, tasks: int, shots=(1, 2
     return {name: {k: {'average_incremental': mean(rs, 'average_incremental'), 'last': mean(rs, 'last')}
                    for k, rs in per_k.items()} for name, per_k in runs.items()}
 
-# %% ../nbs/10c_fewshot_protocol.ipynb #888b93cc
+# %% ../nbs/10c_fewshot_protocol.ipynb #c25edfdb
 PUBLISHED = {
     'backbone': 'CLIP RN50 (OpenAI)',
     'what': 'mean of the 11 datasets, tuned on the full validation set (ImageNet: test)',
@@ -420,27 +420,28 @@ def format_table(accuracy: dict, title: str) -> str:
     lines += [f'{m:12s}' + ''.join(f'{100 * per_k[k]:9.2f}' for k in ks) for m, per_k in accuracy.items()]
     return '\n'.join(lines)
 
-# %% ../nbs/10c_fewshot_protocol.ipynb #f1ccc871
+# %% ../nbs/10c_fewshot_protocol.ipynb #549604da
 def plot_fewshot(mean: dict, model: str, path=None, published: dict = PUBLISHED):
     "Measured mean accuracy per method against K, beside the published curves (dashed, labelled with their backbone)."
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for m, per_k in mean.items():
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = plt.cm.tab20(np.linspace(0, 1, 20))
+    for i, (m, per_k) in enumerate(mean.items()):
         ks = [int(k) for k in per_k]
-        ax.plot(ks, [100 * per_k[str(k)] for k in ks], marker='o', lw=2.5 if m == 'memory' else 1.2, label=m)
-    for m in ('tip', 'tip_x', 'gda'):
-        ax.plot(published['shots'], published[m], ls='--', color='grey' if m != 'gda' else 'k', lw=1,
-                label=f'{m} (published, {published["backbone"]})')
-    ax.axhline(published['zero_shot'], ls=':', color='grey', lw=1,
-               label=f'zero-shot (published, {published["backbone"]})')
+        ax.plot(ks, [100 * per_k[str(k)] for k in ks], marker='o', ms=3, color=colours[(2 * i) % 20 + i // 10],
+                lw=2.5 if m == 'memory' else 1, label=m)
+    for m, style in (('tip', '--'), ('tip_x', '-.'), ('gda', (0, (5, 1)))):
+        ax.plot(published['shots'], published[m], ls=style, color='k', lw=0.8, label=f'{m}, published')
+    ax.axhline(published['zero_shot'], ls=':', color='k', lw=0.8, label='zero-shot, published')
     ax.set(xscale='log', xticks=[1, 2, 4, 8, 16], xticklabels=[1, 2, 4, 8, 16], xlabel='shots per class',
-           ylabel='test accuracy (%)', title=f'measured: {model}; dashed: published, {published["what"]}')
-    ax.title.set_fontsize(7); ax.legend(fontsize=6, ncol=2)
+           ylabel='test accuracy (%)',
+           title=f'measured: {model}\npublished (black): {published["backbone"]}, {published["what"]}')
+    ax.title.set_fontsize(7); ax.legend(fontsize=6, ncol=2, loc='lower right')
     fig.tight_layout()
     if path is not None: fig.savefig(path, dpi=100)
     return fig
 
-# %% ../nbs/10c_fewshot_protocol.ipynb #5f7f0b7d
+# %% ../nbs/10c_fewshot_protocol.ipynb #397b55e7
 def _base_memory(encoder: Encoder, memory_base: str, data_dir, cache_dir, per_class: int = 50) -> ConceptMemory:
     "A concept memory with base statistics from `memory_base`'s training split (up to `per_class` images a class)."
     base = load_fewshot_data(memory_base, data_dir)
@@ -473,7 +474,7 @@ def _check_run(shots, seeds, views, incremental):
     if views < 1: raise ValueError(f'views={views}: expected 1 (the plain transform) or more (augmented views)')
     if incremental < 0: raise ValueError(f'incremental={incremental}: expected 0 (off) or a number of tasks ≥ 1')
 
-# %% ../nbs/10c_fewshot_protocol.ipynb #65cc1aa0
+# %% ../nbs/10c_fewshot_protocol.ipynb #4481a20b
 def fewshot(model: str = '', pretrained: Optional[str] = None, checkpoint=None, datasets=('digits-captions',),
             shots=(1, 2, 4, 8, 16), seeds=(1, 2, 3), tuning: str = 'few-shot', views: int = 1, incremental: int = 0,
             cache_dir=None, json_out=None, plot_out=None, data_dir=None, methods=None,

@@ -273,3 +273,13 @@ def test_cli_fewshot_prints_the_table_and_a_json_line(memvlm_cli, tiny_checkpoin
     assert r.returncode == 2 and "invalid choice: 'test'" in r.stderr
     r = memvlm_cli('fewshot', '--checkpoint', str(tiny_checkpoint), '--views', '0')
     assert r.returncode == 2 and 'views=0' in r.stderr
+
+
+def test_augmented_views_reach_every_learner(tmp_path):
+    "With 3 views a shot, GDA's discriminant has scatter at one shot (with one view it has none: a constant)."
+    encoder, data = fake_encoder(), fake_data()
+    kw = dict(shots=(1,), seeds=(1,), tuning='none', methods=['gda_disc', 'tip_cache', 'memory', 'probe'], cache_dir=tmp_path)
+    one, three = run_dataset(encoder, data, views=1, **kw), run_dataset(encoder, data, views=3, **kw)
+    assert one['accuracy']['gda_disc']['1'] == 0.25  # a constant discriminant answers the first of four classes
+    assert three['accuracy']['gda_disc']['1'] > 0.4
+    assert (tmp_path / 'fake' / 'colours' / 'views3').is_dir()

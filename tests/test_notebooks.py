@@ -6,7 +6,7 @@ import pytest
 from nbdev.config import get_config
 from nbdev.test import test_nb as run_notebook  # renamed so pytest does not collect it
 
-from memvlm import registry
+from memvlm import models, registry  # models: its named models are registered before any notebook's snapshot below
 from memvlm.encoders import open_clip_towers_supported
 
 NBS = Path(__file__).resolve().parent.parent / 'nbs'
