@@ -236,9 +236,9 @@ class MemoryRead:
     "What `ConceptMemory.read` returns for N queries."
     concept: torch.Tensor  # (N,) index into `ConceptMemory.concepts` of the best memorised concept (-1: none took part)
     margin: float  # the lead over the anchors a claim needs, calibrated on held-out base images
-    claims: torch.Tensor  # (N,) bool: it beats every anchor taking part by more than `margin`: the memory answers
-    scores: torch.Tensor  # (N, K) the concepts' few-shot discriminant scores (-inf where a concept did not take part)
-    anchor_scores: torch.Tensor  # (N, A) the base read's scores of the anchors that took part (the claims' judge)
+    claims: torch.Tensor  # (N,) bool: by the base read, its best concept beats every anchor taking part by `margin`
+    scores: torch.Tensor  # (N, K) discriminant scores of the concepts (-inf where a concept did not take part)
+    anchor_scores: torch.Tensor  # (N, A) scores of the base anchors that took part, on the same scale
 
 class ConceptMemory(nn.Module):
     """Episodic memory addressed by concept: a slot per concept holds the mean of its examples; read as a Gaussian
@@ -450,14 +450,13 @@ class ConceptMemory(nn.Module):
         return w.float(), (-0.5 * (w * means).sum(1)).float()  # score = μᵀΣ⁻¹x − ½μᵀΣ⁻¹μ
 
     def _read_params(self):
-        """(weights, biases) of the base read of concepts and anchors, its margin, and (weights, biases) of the
-        concepts' few-shot read; rebuilt after a change."""
+        """(weights, biases) of concepts and anchors under the base read, its margin, and (weights, biases) under the
+        few-shot read (the same while `few_shot_weight` is 0); rebuilt after a change."""
         if self._read is None:
             means = self.anchors.double()
             if self.concepts: means = torch.cat([self.means().double(), means])
             w, b = self._discriminant(means, few_shot=False)
-            k = len(self.concepts)
-            few = self._discriminant(means[:k], few_shot=True) if self.few_shot_weight() > 0 else (w[:k], b[:k])
+            few = self._discriminant(means, few_shot=True) if self.few_shot_weight() > 0 else (w, b)
             self._read = (w, b, self._margin(w, b), *few)
         return self._read
 
@@ -476,27 +475,28 @@ class ConceptMemory(nn.Module):
 
     def read(self, queries: torch.Tensor, candidates: Optional[Sequence[str]] = None) -> MemoryRead:
         """Score `queries` (N, D) against every concept and base anchor; with `candidates` (names), only the concepts
-        and named anchors among them take part (unnamed anchors always do). Whether the memory answers is the base
-        read's verdict (its best concept against the anchors, calibrated on held-out base images); which concept it
-        answers, the few-shot read's."""
+        and named anchors among them take part (unnamed anchors always do). The scores and the concept are the
+        few-shot read's; whether the memory answers (`claims`) is the base read's verdict, its best concept against the
+        anchors with the margin calibrated on held-out base images."""
         self._check(queries, 'queries')
         if not self.has_prior: raise RuntimeError('no base statistics yet: call set_prior first')
         w, b, margin, wk, bk = self._read_params()
         q, k = queries.float(), len(self.concepts)
-        s = q @ w.T.to(q.device) + b.to(q.device)
-        scores, base, anchor_scores = q @ wk.T.to(q.device) + bk.to(q.device), s[:, :k], s[:, k:]
+        s, f = q @ w.T.to(q.device) + b.to(q.device), q @ wk.T.to(q.device) + bk.to(q.device)
+        (base, base_anchors), (scores, anchor_scores) = (s[:, :k], s[:, k:]), (f[:, :k], f[:, k:])
         if candidates is not None:
             allowed = set(candidates)
             takes_part = torch.tensor([c in allowed for c in self.concepts], device=s.device)
             scores, base = scores.masked_fill(~takes_part, -math.inf), base.masked_fill(~takes_part, -math.inf)
             if self.anchor_names:
-                anchor_scores = anchor_scores[:, [i for i, n in enumerate(self.anchor_names) if n in allowed]]
+                named = [i for i, n in enumerate(self.anchor_names) if n in allowed]
+                anchor_scores, base_anchors = anchor_scores[:, named], base_anchors[:, named]
         if k == 0 or torch.isinf(scores).all():
             none = torch.full((len(s),), -1, dtype=torch.long, device=s.device)
             no_claims = torch.zeros(len(s), dtype=torch.bool, device=s.device)
             return MemoryRead(none, margin, no_claims, scores, anchor_scores)
         concept, best = scores.argmax(1), base.max(1).values
-        if anchor_scores.shape[1]: claims = best > anchor_scores.max(1).values + margin
+        if base_anchors.shape[1]: claims = best > base_anchors.max(1).values + margin
         else: claims = torch.ones_like(best, dtype=torch.bool)
         return MemoryRead(concept, margin, claims, scores, anchor_scores)
 
