@@ -12,6 +12,8 @@ from typing import Optional
 
 from .config import ConfigError, RunConfig, config_options, get_config, update_config
 from .tasks import EVALUATIONS
+import json
+from pathlib import Path
 
 # %% ../nbs/12_cli.ipynb #db0a3bbb
 def _flag(name: str) -> str: return '--' + name.replace('_', '-')
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     "The `memvlm` argument parser: `train` (one flag per run option), `eval`, `predict`, `memorize` and `forget`."
     parser = argparse.ArgumentParser(prog='memvlm', description='Memory-augmented vision-language learning.')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
-    for add in (_train_parser, _eval_parser, _predict_parser, _memory_parsers): add(sub)
+    for add in (_train_parser, _eval_parser, _predict_parser, _memory_parsers, _fewshot_parser): add(sub)
     return parser
 
 # %% ../nbs/12_cli.ipynb #1ec2751b
@@ -186,10 +188,58 @@ def _forget_command(args) -> int:
           + f'; written to {args.output or args.checkpoint}')
     return 0
 
+# %% ../nbs/12_cli.ipynb #58a5f242
+def _fewshot_parser(sub):
+    fs = sub.add_parser('fewshot', help='the few-shot protocol: every few-shot learner on the same shots',
+                        description='Learn each dataset\'s classes from K shots per class with every few-shot learner '
+                                    '(zero-shot, probe, 1-NN, nearest mean, LDA, Tip-Adapter, GDA, the concept memory) '
+                                    'on one model\'s frozen features; print a table per dataset and a JSON line.')
+    fs.add_argument('--model', default='', metavar='NAME',
+                    help='an open_clip model (e.g. ViT-B-32, RN50), or the memvlm model of --checkpoint')
+    fs.add_argument('--pretrained', metavar='TAG_OR_FILE', help='open_clip pretrained tag or local weights file')
+    fs.add_argument('--checkpoint', metavar='PATH', help='a memvlm checkpoint folder (a MemoryCLIP)')
+    fs.add_argument('--dataset', action='extend', nargs='+', metavar='NAME',
+                    help='a dataset of the protocol (imagenet, caltech101, ..., or coop for all 11) or any source '
+                         '--dataset of train reads (repeatable; default: digits-captions)')
+    fs.add_argument('--data-dir', metavar='DIR', help='the folder holding the protocol\'s datasets in CoOp\'s layout')
+    fs.add_argument('--shots', type=int, nargs='+', default=[1, 2, 4, 8, 16], metavar='K', help='default: 1 2 4 8 16')
+    fs.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3], metavar='S', help='default: 1 2 3')
+    fs.add_argument('--tuning', choices=['none', 'few-shot', 'full'], default='few-shot',
+                    help='how hyper-parameters are set: defaults, min(4, K) more training images per class, or the '
+                         'validation split; never the test split (default: few-shot)')
+    fs.add_argument('--views', type=int, default=1, help='views per training image: 1, or that many augmented crops')
+    fs.add_argument('--incremental', type=int, default=0, metavar='T',
+                    help='also the class-incremental run: the classes in T tasks (default: 0, off)')
+    fs.add_argument('--methods', nargs='+', metavar='NAME', help='learners to run (default: all)')
+    fs.add_argument('--memory-base', nargs='+', metavar='DATASET',
+                    help='data whose training split gives the concept memory its base statistics when the model has '
+                         'none (an open_clip model); of several, each dataset takes the first that is not itself')
+    fs.add_argument('--cache-dir', default=str(Path('~/.cache/memvlm/fewshot').expanduser()), metavar='DIR',
+                    help='where image features are kept, one file per model, dataset and views (default: %(default)s)')
+    fs.add_argument('--json-out', metavar='FILE', help='write every figure to this JSON file')
+    fs.add_argument('--plot-out', metavar='PNG', help='plot the mean accuracy beside the published curves')
+    fs.add_argument('--device', default='auto', help='device (default: auto)')
+
+def _fewshot_command(args) -> int:
+    from memvlm.fewshot_protocol import fewshot, format_table
+    r = fewshot(args.model, args.pretrained, args.checkpoint, args.dataset or ['digits-captions'], args.shots,
+                args.seeds, args.tuning, args.views, args.incremental, args.cache_dir, args.json_out, args.plot_out,
+                args.data_dir, args.methods, args.memory_base, args.device)
+    if len(r['datasets']) > 1: print(format_table(r['mean'], f"mean of {len(r['datasets'])} datasets (%)"))
+    for name, per_method in r.get('incremental', {}).get('datasets', {}).items():
+        print(f"{name}, {r['incremental']['tasks']} tasks: average incremental / last accuracy (%)")
+        for m, per_k in per_method.items():
+            print(f'{m:12s}' + ''.join(f"  K={k}: {100 * v['average_incremental']:.2f}/{100 * v['last']:.2f}"
+                                       for k, v in per_k.items()))
+    line = {'model': r['model'], 'tuning': r['tuning'], 'views': r['views'], 'accuracy': r['mean']}
+    if 'incremental' in r: line['incremental'] = r['incremental']['datasets']
+    print(json.dumps(line))
+    return 0
+
 # %% ../nbs/12_cli.ipynb #a36a1a18
 _ERRORS = (ConfigError, ValueError, KeyError, FileNotFoundError, RuntimeError)
 _COMMANDS = {'eval': _eval_command, 'predict': _predict_command, 'memorize': _memorize_command,
-             'forget': _forget_command}
+             'forget': _forget_command, 'fewshot': _fewshot_command}
 
 def main(argv: Optional[list] = None) -> int:
     "Entry point of the `memvlm` console script; bad arguments exit with status 2 and a one-line message."

@@ -14,7 +14,8 @@ ORDER = ['tasks', 'config',                                                     
          'layers', 'encoders', 'memory', 'fusion', 'heads',                                 # blocks
          'registry', 'vae', 'larimar', 'models',                                            # models
          'losses', 'double_loop', 'engine', 'training',                                     # losses, engine, the loop
-         'plots', 'evaluation', 'widgets', 'recipes', 'inference', 'cli', '__main__']       # judging and faces
+         'plots', 'evaluation', 'fewshot', 'fewshot_protocol', 'widgets',                   # judging
+         'recipes', 'inference', 'cli', '__main__']                                         # faces
 MODULES = sorted(p.stem for p in LIB.glob('*.py') if p.stem not in ('__init__', '_modidx'))
 
 
