@@ -34,7 +34,8 @@ def _eval_parser(sub):
     ev.add_argument('--checkpoint', required=True, metavar='PATH',
                     help='checkpoint folder or any file in it, e.g. runs/memclip-tiny-digits-captions/best')
     ev.add_argument('--dataset', metavar='NAME_OR_CSV', help="dataset name or CSV file (default: the run's dataset)")
-    ev.add_argument('--split', default='test', help='split to evaluate (default: test)')
+    ev.add_argument('--split', help='split to evaluate (default: every row of a file or folder given with --dataset; '
+                                    "the test split of the run's data or of a named dataset)")
     ev.add_argument('--tasks', metavar='LIST',
                     help='comma-separated evaluations (default: all that apply): ' + ', '.join(EVALUATIONS))
     ev.add_argument('--output-dir', metavar='DIR', help='report folder (default: report/ beside the checkpoint)')
@@ -87,6 +88,37 @@ def _memory_parsers(sub):
     fo.add_argument('--output', metavar='NEWCKPT', help='write the result here instead of in place')
     fo.add_argument('--device', default='auto', help='device (default: auto)')
 
+def _fewshot_parser(sub):
+    fs = sub.add_parser('fewshot', help='the few-shot protocol: every few-shot learner on the same shots',
+                        description='Learn each dataset\'s classes from K shots per class with every few-shot learner '
+                                    '(zero-shot, probe, 1-NN, nearest mean, LDA, Tip-Adapter, GDA, the concept memory) '
+                                    'on one model\'s frozen features; print a table per dataset and a JSON line.')
+    fs.add_argument('--model', default='', metavar='NAME',
+                    help='an open_clip model (e.g. ViT-B-32, RN50), or the memvlm model of --checkpoint')
+    fs.add_argument('--pretrained', metavar='TAG_OR_FILE', help='open_clip pretrained tag or local weights file')
+    fs.add_argument('--checkpoint', metavar='PATH', help='a memvlm checkpoint folder (a MemoryCLIP)')
+    fs.add_argument('--dataset', action='extend', nargs='+', metavar='NAME',
+                    help='a dataset of the protocol (imagenet, caltech101, ..., or coop for all 11) or any source '
+                         '--dataset of train reads (repeatable; default: digits-captions)')
+    fs.add_argument('--data-dir', metavar='DIR', help='the folder holding the protocol\'s datasets in CoOp\'s layout')
+    fs.add_argument('--shots', type=int, nargs='+', default=[1, 2, 4, 8, 16], metavar='K', help='default: 1 2 4 8 16')
+    fs.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3], metavar='S', help='default: 1 2 3')
+    fs.add_argument('--tuning', choices=['none', 'few-shot', 'full'], default='few-shot',
+                    help='how hyper-parameters are set: defaults, min(4, K) more training images per class, or the '
+                         'validation split; never the test split (default: few-shot)')
+    fs.add_argument('--views', type=int, default=1, help='views per training image: 1, or that many augmented crops')
+    fs.add_argument('--incremental', type=int, default=0, metavar='T',
+                    help='also the class-incremental run: the classes in T tasks (default: 0, off)')
+    fs.add_argument('--methods', nargs='+', metavar='NAME', help='learners to run (default: all)')
+    fs.add_argument('--memory-base', nargs='+', metavar='DATASET',
+                    help='data whose training split gives the concept memory its base statistics when the model has '
+                         'none (an open_clip model); of several, each dataset takes the first that is not itself')
+    fs.add_argument('--cache-dir', default=str(Path('~/.cache/memvlm/fewshot').expanduser()), metavar='DIR',
+                    help='where image features are kept, one file per model, dataset and views (default: %(default)s)')
+    fs.add_argument('--json-out', metavar='FILE', help='write every figure to this JSON file')
+    fs.add_argument('--plot-out', metavar='PNG', help='plot the mean accuracy beside the published curves')
+    fs.add_argument('--device', default='auto', help='device (default: auto)')
+
 def build_parser() -> argparse.ArgumentParser:
     "The `memvlm` argument parser: `train` (one flag per run option), `eval`, `predict`, `memorize` and `forget`."
     parser = argparse.ArgumentParser(prog='memvlm', description='Memory-augmented vision-language learning.')
@@ -132,10 +164,12 @@ def _train_command(args) -> int:
     return 0
 
 def _eval_command(args) -> int:
-    from memvlm.inference import evaluate_checkpoint
+    from memvlm.inference import WHOLE, evaluate_checkpoint, evaluation_split
     tasks = [t.strip() for t in args.tasks.split(',') if t.strip()] if args.tasks else None
     metrics, out = evaluate_checkpoint(args.checkpoint, args.dataset, args.output_dir, args.split, args.device, tasks)
-    print(f'memvlm eval: {args.checkpoint} on the {args.split} split')
+    split = evaluation_split(args.dataset, args.split)
+    where = f'every row of {args.dataset} (--split test: its test split only)' if split == WHOLE else f'the {split} split'
+    print(f'memvlm eval: {args.checkpoint} on {where}')
     for k, v in metrics.items(): print(f'  {k:18s} {v:.4f}')
     print(f'written to {out}/: ' + ', '.join(sorted(p.name for p in out.iterdir() if p.is_file())))
     return 0
@@ -189,37 +223,6 @@ def _forget_command(args) -> int:
     return 0
 
 # %% ../nbs/12_cli.ipynb #58a5f242
-def _fewshot_parser(sub):
-    fs = sub.add_parser('fewshot', help='the few-shot protocol: every few-shot learner on the same shots',
-                        description='Learn each dataset\'s classes from K shots per class with every few-shot learner '
-                                    '(zero-shot, probe, 1-NN, nearest mean, LDA, Tip-Adapter, GDA, the concept memory) '
-                                    'on one model\'s frozen features; print a table per dataset and a JSON line.')
-    fs.add_argument('--model', default='', metavar='NAME',
-                    help='an open_clip model (e.g. ViT-B-32, RN50), or the memvlm model of --checkpoint')
-    fs.add_argument('--pretrained', metavar='TAG_OR_FILE', help='open_clip pretrained tag or local weights file')
-    fs.add_argument('--checkpoint', metavar='PATH', help='a memvlm checkpoint folder (a MemoryCLIP)')
-    fs.add_argument('--dataset', action='extend', nargs='+', metavar='NAME',
-                    help='a dataset of the protocol (imagenet, caltech101, ..., or coop for all 11) or any source '
-                         '--dataset of train reads (repeatable; default: digits-captions)')
-    fs.add_argument('--data-dir', metavar='DIR', help='the folder holding the protocol\'s datasets in CoOp\'s layout')
-    fs.add_argument('--shots', type=int, nargs='+', default=[1, 2, 4, 8, 16], metavar='K', help='default: 1 2 4 8 16')
-    fs.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3], metavar='S', help='default: 1 2 3')
-    fs.add_argument('--tuning', choices=['none', 'few-shot', 'full'], default='few-shot',
-                    help='how hyper-parameters are set: defaults, min(4, K) more training images per class, or the '
-                         'validation split; never the test split (default: few-shot)')
-    fs.add_argument('--views', type=int, default=1, help='views per training image: 1, or that many augmented crops')
-    fs.add_argument('--incremental', type=int, default=0, metavar='T',
-                    help='also the class-incremental run: the classes in T tasks (default: 0, off)')
-    fs.add_argument('--methods', nargs='+', metavar='NAME', help='learners to run (default: all)')
-    fs.add_argument('--memory-base', nargs='+', metavar='DATASET',
-                    help='data whose training split gives the concept memory its base statistics when the model has '
-                         'none (an open_clip model); of several, each dataset takes the first that is not itself')
-    fs.add_argument('--cache-dir', default=str(Path('~/.cache/memvlm/fewshot').expanduser()), metavar='DIR',
-                    help='where image features are kept, one file per model, dataset and views (default: %(default)s)')
-    fs.add_argument('--json-out', metavar='FILE', help='write every figure to this JSON file')
-    fs.add_argument('--plot-out', metavar='PNG', help='plot the mean accuracy beside the published curves')
-    fs.add_argument('--device', default='auto', help='device (default: auto)')
-
 def _fewshot_command(args) -> int:
     from memvlm.fewshot_protocol import fewshot, format_table
     r = fewshot(args.model, args.pretrained, args.checkpoint, args.dataset or ['digits-captions'], args.shots,

@@ -95,11 +95,13 @@ def _caption_list(value) -> list[str]:
     return out
 
 # %% ../nbs/01c_sources.ipynb #734260f6
-def _class_prompts_from_captions(captions: Sequence[Sequence[str]], labels: Sequence[int], n_classes: int, k: int = 8):
-    "Per class, the `k` most frequent distinct captions."
-    counts = [Counter() for _ in range(n_classes)]
+def _class_prompts_from_captions(captions: Sequence[Sequence[str]], labels: Sequence[int], classnames: Sequence[str],
+                                 k: int = 8):
+    """Per class, the `k` most frequent distinct captions of its training examples; a class with none in the training
+    split (a few examples, all held out) is prompted by its name, so zero-shot still has a text for it."""
+    counts = [Counter() for _ in classnames]
     for caps, l in zip(captions, labels): counts[l].update(caps)
-    return [[c for c, _ in cnt.most_common(k)] for cnt in counts]
+    return [[c for c, _ in cnt.most_common(k)] or [str(name)] for cnt, name in zip(counts, classnames)]
 
 def _is_utf8(text: str) -> bool:
     "False for text holding bytes that were not UTF-8 (read as surrogates)."
@@ -175,7 +177,7 @@ def build_image_text_data(name: str, images: Optional[Sequence], captions: Seque
     parts = _split(full, given, None if labels is None else [int(labels[i]) for i in keep], seed)
     if labels is not None and class_prompts is None:
         train = parts['train']
-        class_prompts = _class_prompts_from_captions(train['captions'], train['label'], len(classnames))
+        class_prompts = _class_prompts_from_captions(train['captions'], train['label'], classnames)
     return ImageTextData(parts, name, list(classnames) if labels is not None else None, class_prompts, skips, tagnames)
 
 def _split(full: datasets.Dataset, given: Optional[list[str]], labels, seed: int) -> datasets.DatasetDict:

@@ -109,7 +109,7 @@ def test_cli_walk_memorize_beats_the_probe_and_old_classes_hold(memvlm_cli, tmp_
     r = memvlm_cli('memorize', '--checkpoint', 'run/best', '--dataset', str(shots), '--output', 'taught', '--device', 'cpu')
     assert r.returncode == 0 and '25 examples, 5 new concepts (five, six, seven, eight, nine)' in r.stdout, r.stdout + r.stderr
     for ck, out in (('run/best', 'before'), ('taught', 'after')):
-        r = memvlm_cli('eval', '--checkpoint', ck, '--dataset', str(test), '--split', 'train', '--tasks', 'zero_shot', '--output-dir', out,
+        r = memvlm_cli('eval', '--checkpoint', ck, '--dataset', str(test), '--tasks', 'zero_shot', '--output-dir', out,
                        '--device', 'cpu')
         assert r.returncode == 0, r.stderr
     after = json.loads((tmp_path / 'after' / 'metrics.json').read_text())['metrics']
@@ -123,13 +123,13 @@ def test_cli_walk_memorize_beats_the_probe_and_old_classes_hold(memvlm_cli, tmp_
     assert old_after >= old_before - 2, (old_before, old_after, len(old_rows))
     # a logistic-regression probe on the same 25 shots' frozen embeddings, asked the same 5-way question
     ck = load_checkpoint(tmp_path / 'taught')
-    def embed(path, split=None):
+    def embed(path):
         data = get_dataset(str(path))
-        rows = data[split] if split else __import__('datasets').concatenate_datasets(list(data.splits.values()))
+        rows = __import__('datasets').concatenate_datasets(list(data.splits.values()))
         e, l = embed_images(ck.model, make_loader(ImageTextDataset(rows, ck.tokenizer, image_transform(32), caption='first'), 256))
         return e, [data.classnames[i] for i in l.tolist()]
     shot_e, shot_y = embed(shots)
-    test_e, test_y = embed(test, 'train')
+    test_e, test_y = embed(test)  # every row, as memvlm eval scores a file
     keep = [i for i, y in enumerate(test_y) if y in new_names]
     probe = LogisticRegression(max_iter=3000).fit(shot_e.numpy(), shot_y).predict(test_e[keep].numpy())
     probe_acc = float(np.mean([p == test_y[i] for p, i in zip(probe, keep)]))
