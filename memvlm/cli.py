@@ -118,7 +118,9 @@ def _prepare_train(args):
     n_params = sum(p.numel() for p in run.model.parameters())
     tokens = getattr(run.model.config, 'memory_tokens', None)  # a captioner's memory is episodic: it has none
     print(f"memvlm train: {run.data!r}\n  model {cfg.model.model} ({n_params / 1e6:.2f}M parameters, "
-          + (f"{tokens} memory tokens, " if tokens is not None else '') + f"{run.tokenizer.vocab_size} tokens) on "
+          + (f"{tokens} memory tokens, " if tokens is not None else '')
+          + (f"LoRA rank {cfg.train.lora_rank} in {cfg.train.lora_targets}, " if cfg.train.lora_rank else '')
+          + f"{run.tokenizer.vocab_size} tokens) on "
           f"{run.device}, {cfg.train.precision}, {cfg.train.epochs} epochs of batch {cfg.train.batch_size}")
     return run
 

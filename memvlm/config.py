@@ -286,10 +286,10 @@ PRESETS = {
                                 'batch 32: about 13.4 GB by `memvlm.larimar.larimar_memory_gb`.',
                                 {'model.model': 'larimar-dinov2-distilgpt2', 'batch_size': 32, 'precision': 'fp16',
                                  'num_workers': 2, 'device': 'cuda'}, gpus=1),
-    'kaggle-t4-lora': Preset('One Kaggle T4 (16 GB): LoRA rank 8 in the attention of both towers of OpenAI\'s CLIP '
-                             'ViT-B/16 with its 64 gated memory tokens, in fp16 at batch 256 with gradient '
-                             'checkpointing: about 6.0 GB (`memvlm.recipes.training_memory_gb`), 0.3% of the parameters '
-                             'trained; lr 2e-4 (CLIP-LoRA\'s).',
+    'kaggle-t4-lora': Preset('One Kaggle T4 (16 GB): OpenAI\'s CLIP ViT-B/16 with LoRA rank 8 in the attention of '
+                             'both towers beside its 64 gated memory tokens (0.4% of the weights train), fp16 at batch '
+                             '256 with gradient checkpointing: about 4.6 GB by `memvlm.recipes.training_memory_gb` '
+                             '(6.2 GB for a full fine-tune); lr 2e-4, as CLIP-LoRA.',
                              {'model.model': 'memclip-vit-b-16', 'lora_rank': 8, 'lr': 2e-4, 'batch_size': 256,
                               'precision': 'fp16', 'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda'},
                              gpus=1),
