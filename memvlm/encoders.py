@@ -342,7 +342,8 @@ def attention_projections(attn: nn.Module) -> tuple:
     """(in-projection weight, its bias, out-projection, heads) of an `nn.MultiheadAttention`, or of one whose joint
     q/k/v weight peft's LoRA adapts (`memvlm.lora`): its weight with the adapters' product added, so that code which
     reads the weights directly (`GatedMemory.block`) sees the adapters as the layer's own forward does."""
-    if not hasattr(attn, 'get_delta_weight'): return attn.in_proj_weight, attn.in_proj_bias, attn.out_proj, attn.num_heads
+    if not hasattr(attn, 'get_delta_weight'):  # a plain nn.MultiheadAttention
+        return attn.in_proj_weight, attn.in_proj_bias, attn.out_proj, attn.num_heads
     base = attn.get_base_layer()
     weight = base.in_proj_weight
     if not (attn.merged or attn.disable_adapters):

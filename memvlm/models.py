@@ -207,19 +207,22 @@ class MemoryCLIP(CLIPConceptMemory, nn.Module):
                                                  'own')
         folder = Path(source).expanduser()
         folder = folder.parent if folder.is_file() and folder.name in ('model.safetensors', 'config.json') else folder
-        if not (folder / 'config.json').is_file(): load_open_clip_weights(self.towers.clip, self.config.towers[10:], source)
+        if not (folder / 'config.json').is_file():
+            load_open_clip_weights(self.towers.clip, self.config.towers[10:], source)
         elif json.loads((folder / 'config.json').read_text()).get('lora'):  # fine-tuned with LoRA: its merged weights
             self.load_state_dict(load_checkpoint(folder).model.merge_lora().state_dict(), strict=True)
         else: load_model(self, str(folder / 'model.safetensors'), strict=True)
         return self
 
     def open_clip_state_dict(self) -> dict:
-        "The open_clip towers' weights as an open_clip state dict (`open_clip.create_model(name).load_state_dict`)."
+        """The open_clip towers' weights as an open_clip state dict (`open_clip.create_model(name).load_state_dict`),
+        LoRA adapters merged in."""
         if self.towers is None: raise ValueError('this model has memvlm\'s own towers, not open_clip\'s')
         if self.towers.memory is not None:
             raise ValueError(f'memory_tokens={self.config.memory_tokens}: open_clip has no place for memory tokens; '
                              'export a model trained with memory_tokens=0')
-        clip = self.towers.clip if self.lora is None else merged_copy(self.towers.clip, self._lora_tuners)  # keeps its own
+        # with LoRA: a copy, its adapters merged (the model keeps its own)
+        clip = self.towers.clip if self.lora is None else merged_copy(self.towers.clip, self._lora_tuners)
         return {k: v.detach().clone() for k, v in clip.state_dict().items()}
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -275,7 +278,8 @@ class MemoryCLIP(CLIPConceptMemory, nn.Module):
         return self
 
     def merge_lora(self):
-        "Fold the LoRA adapters into the towers' weights (peft's `merge_and_unload`): a plain model, the same outputs."
+        """Fold the LoRA adapters into the towers' weights (peft's `merge_and_unload`): a plain model with the same
+        outputs, its weights frozen as LoRA left them (`requires_grad_(True)` to train them whole)."""
         if self.lora is None: raise ValueError('this model has no LoRA adapters to merge (add_lora adds them)')
         for tuner in self._lora_tuners: tuner.merge_and_unload()
         self.lora, self._lora_tuners = None, ()
