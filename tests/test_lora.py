@@ -220,3 +220,30 @@ def test_memvlm_train_with_lora_rank_8_trains_merges_and_exports(weights, tmp_pa
     load_digits_captions()['test'][0]['image'].save(image)
     assert memvlm_cli('predict', '--checkpoint', str(tmp_path / 'run' / 'best'), '--image', str(image),
                       '--device', 'cpu').returncode == 0  # the checkpoint just works
+
+
+class StopAfterOneEpoch:
+    "A run cut short after its first epoch, as a lost machine cuts it (its checkpoints are written)."
+    def on_epoch_end(self, trainer, record): trainer.should_stop = True
+
+
+def test_a_lora_run_resumes_exactly(weights, tmp_path):
+    "Two epochs in one go, and the same run stopped after one then resumed from `last/`: the same adapters at the end."
+    from memvlm.data import ImageTextDataset, load_digits_captions, make_loader
+    from memvlm.models import model_transform
+    from memvlm.training import Trainer
+    tok = CaptionTokenizer.build([], 16, 'full')
+    def fit(out, resume='false', callbacks=()):
+        torch.manual_seed(0)
+        model = create_model(MODEL)
+        ds = ImageTextDataset(load_digits_captions()['train'].select(range(32)), tok, model_transform(model.config), seed=0)
+        config = TrainConfig(device='cpu', epochs=2, batch_size=16, lr=1e-2, lora_rank=4, resume=resume)
+        Trainer(model, make_loader(ds, 16, train=True, seed=0), None, config, monitor='train_loss', output_dir=out,
+                progress=False, callbacks=callbacks).fit()
+        return {k: v for k, v in model.state_dict().items() if '.lora_' in k or k.startswith('towers.memory.')}
+    straight = fit(tmp_path / 'a')
+    fit(tmp_path / 'b', callbacks=[StopAfterOneEpoch()])
+    resumed = fit(tmp_path / 'b', resume='latest')
+    assert straight.keys() == resumed.keys() and len(straight) == 2 * 2 * 2 + 2  # A, B per block per tower; the memory
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert load_checkpoint(tmp_path / 'b' / 'last').model.lora['rank'] == 4
