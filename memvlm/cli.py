@@ -120,7 +120,7 @@ def _fewshot_parser(sub):
     fs.add_argument('--device', default='auto', help='device (default: auto)')
 
 def build_parser() -> argparse.ArgumentParser:
-    "The `memvlm` argument parser: `train` (one flag per run option), `eval`, `predict`, `memorize` and `forget`."
+    "The `memvlm` argument parser: `train` (one flag per run option), `eval`, `predict`, `memorize`, `forget`, `fewshot`."
     parser = argparse.ArgumentParser(prog='memvlm', description='Memory-augmented vision-language learning.')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     for add in (_train_parser, _eval_parser, _predict_parser, _memory_parsers, _fewshot_parser): add(sub)
@@ -150,7 +150,9 @@ def _prepare_train(args):
     n_params = sum(p.numel() for p in run.model.parameters())
     tokens = getattr(run.model.config, 'memory_tokens', None)  # a captioner's memory is episodic: it has none
     print(f"memvlm train: {run.data!r}\n  model {cfg.model.model} ({n_params / 1e6:.2f}M parameters, "
-          + (f"{tokens} memory tokens, " if tokens is not None else '') + f"{run.tokenizer.vocab_size} tokens) on "
+          + (f"{tokens} memory tokens, " if tokens is not None else '')
+          + (f"LoRA rank {cfg.train.lora_rank} in {cfg.train.lora_targets}, " if cfg.train.lora_rank else '')
+          + f"{run.tokenizer.vocab_size} tokens) on "
           f"{run.device}, {cfg.train.precision}, {cfg.train.epochs} epochs of batch {cfg.train.batch_size}")
     return run
 

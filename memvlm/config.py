@@ -204,6 +204,18 @@ class TrainConfig:
         "`text,text_proj`; `prefix:N` locks only the first N blocks of that tower (and its embeddings), e.g. "
         "`visual:2`; empty: train everything.",
         pattern=r'[A-Za-z0-9_.,:]*', accepted='comma-separated parameter-name prefixes, each optionally :N')
+    lora_rank: int = option(
+        0, "LoRA (through peft): rank of the low-rank adapters added to the open_clip towers of a MemoryCLIP (not to "
+        "a tower lock_image or lock_text locks); those towers' own weights are frozen, the memory tokens and the "
+        "temperature still train; checkpoints keep the adapters, `open_clip_state_dict()` merges them. 0: off.",
+        min=0)
+    lora_alpha: Optional[float] = option(
+        None, "LoRA scale: each adapter's product is multiplied by lora_alpha / lora_rank; empty: the rank (scale 1).",
+        min=0.0)
+    lora_targets: str = option(
+        'attn', "Layers of each block that get LoRA adapters: `attn` (the attention's joint query/key/value "
+        "in-projection and its out-projection, peft's nn.MultiheadAttention LoRA), `mlp` (the MLP's two layers), or "
+        "`attn,mlp`.", pattern=r'(attn|mlp)(,(attn|mlp))*', accepted='attn, mlp, or attn,mlp')
     contrastive_loss: Literal['clip', 'siglip'] = option(
         'clip', "Loss of dual encoders: `clip` (softmax InfoNCE, features gathered from all processes) or `siglip` "
         "(pairwise sigmoid).")
@@ -274,6 +286,13 @@ PRESETS = {
                                 'batch 32: about 13.4 GB by `memvlm.larimar.larimar_memory_gb`.',
                                 {'model.model': 'larimar-dinov2-distilgpt2', 'batch_size': 32, 'precision': 'fp16',
                                  'num_workers': 2, 'device': 'cuda'}, gpus=1),
+    'kaggle-t4-lora': Preset('One Kaggle T4 (16 GB): OpenAI\'s CLIP ViT-B/16 with LoRA rank 8 in the attention of '
+                             'both towers beside its 64 gated memory tokens (0.4% of the weights train), fp16 at batch '
+                             '256 with gradient checkpointing: about 4.6 GB by `memvlm.recipes.training_memory_gb` '
+                             '(6.2 GB for a full fine-tune); lr 2e-4, as CLIP-LoRA.',
+                             {'model.model': 'memclip-vit-b-16', 'lora_rank': 8, 'lr': 2e-4, 'batch_size': 256,
+                              'precision': 'fp16', 'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda'},
+                             gpus=1),
     'colab-t4': Preset('A Colab T4 (16 GB, no bf16): as kaggle-t4.',
                        {'model.model': 'memclip-small', 'batch_size': 256, 'precision': 'fp16',
                         'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda'}, gpus=1),

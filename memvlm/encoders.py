@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['STEMS', 'OPEN_CLIP_TOWERS_NEED', 'EncoderOutput', 'ConvStem', 'PatchStem', 'ViTEncoder', 'TextEncoder', 'CNNEncoder',
            'LSTMEncoder', 'load_weights', 'TimmEncoder', 'open_clip_towers_supported', 'OpenCLIPVisionEncoder',
-           'OpenCLIPTextEncoder', 'hf_model', 'HFTextEncoder', 'GatedMemory', 'OpenCLIPTowers',
+           'OpenCLIPTextEncoder', 'hf_model', 'HFTextEncoder', 'attention_projections', 'GatedMemory', 'OpenCLIPTowers',
            'load_open_clip_weights', 'encoder_blocks', 'freeze', 'unfreeze', 'set_grad_checkpointing']
 
 # %% ../nbs/03_encoders.ipynb #45e33f5f
@@ -338,6 +338,19 @@ class HFTextEncoder(nn.Module):
 
 
 # %% ../nbs/03_encoders.ipynb #312922a8
+def attention_projections(attn: nn.Module) -> tuple:
+    """(in-projection weight, its bias, out-projection, heads) of an `nn.MultiheadAttention`, or of one whose joint
+    q/k/v weight peft's LoRA adapts (`memvlm.lora`): its weight with the adapters' product added, so that code which
+    reads the weights directly (`GatedMemory.block`) sees the adapters as the layer's own forward does."""
+    if not hasattr(attn, 'get_delta_weight'):  # a plain nn.MultiheadAttention
+        return attn.in_proj_weight, attn.in_proj_bias, attn.out_proj, attn.num_heads
+    base = attn.get_base_layer()
+    weight = base.in_proj_weight
+    if not (attn.merged or attn.disable_adapters):
+        for name in attn.active_adapters:
+            if name in attn.lora_A: weight = weight + attn.get_delta_weight(name)
+    return weight, base.in_proj_bias, base.out_proj, base.num_heads
+
 class GatedMemory(nn.Module):
     """`n` learnable memory tokens that the image tokens of each block of a pretrained ViT read through that block's
     attention projections, scaled by the block's gate tanh(g); every g starts at 0."""
@@ -348,15 +361,15 @@ class GatedMemory(nn.Module):
 
     def block(self, blk: nn.Module, x: torch.Tensor, i: int) -> torch.Tensor:
         "open_clip residual block `blk` (number `i`) on tokens `x`, its image tokens also reading the memory."
-        a, heads = blk.attn, blk.attn.num_heads
+        w, b, out_proj, heads = attention_projections(blk.attn)
         B, L, D = x.shape
-        qkv = F.linear(blk.ln_1(x), a.in_proj_weight, a.in_proj_bias).view(B, L, 3, heads, D // heads)
+        qkv = F.linear(blk.ln_1(x), w, b).view(B, L, 3, heads, D // heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        kv = F.linear(blk.ln_1(self.tokens.to(x.dtype)), a.in_proj_weight[D:], a.in_proj_bias[D:])
+        kv = F.linear(blk.ln_1(self.tokens.to(x.dtype)), w[D:], b[D:])
         mk, mv = kv.view(-1, 2, heads, D // heads).permute(1, 2, 0, 3)[:, None].expand(2, B, -1, -1, -1)
         read = F.scaled_dot_product_attention(q, mk, mv)
         out = F.scaled_dot_product_attention(q, k, v) + torch.tanh(self.gates[i]).to(x.dtype) * read
-        x = x + blk.ls_1(a.out_proj(out.transpose(1, 2).reshape(B, L, D)))
+        x = x + blk.ls_1(out_proj(out.transpose(1, 2).reshape(B, L, D)))
         return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 
 class OpenCLIPTowers(nn.Module):

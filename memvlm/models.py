@@ -8,6 +8,7 @@ __all__ = ['OPENAI_MEAN', 'OPENAI_STD', 'MemoryCLIPConfig', 'CLIPOutput', 'Class
            'FusionModel']
 
 # %% ../nbs/07_models.ipynb #db59b47d
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from .layers import MemoryTokens, init_linear
 from .encoders import (CNNEncoder, LSTMEncoder, OpenCLIPTextEncoder, OpenCLIPTowers, OpenCLIPVisionEncoder,
                              TextEncoder, TimmEncoder, ViTEncoder, encoder_blocks, freeze, load_open_clip_weights,
                              set_grad_checkpointing)
+from .lora import inject_lora, lora_spec, merged_copy
 from .memory import ConceptMemory
 from .fusion import LateFusion, create_fusion
 from .heads import HEADS, ContrastiveProjection, MultiTaskHead
@@ -164,6 +166,7 @@ class MemoryCLIP(CLIPConceptMemory, nn.Module):
         self.towers = None
         if c.towers: self._open_clip_towers(c)
         else: self._own_towers(c)
+        self.lora, self._lora_tuners = None, ()  # `add_lora`: what was added, and peft's tuners that merge it
         # buffers only: empty until set_memory_prior and memorize, untouched by training
         self.concept_memory = ConceptMemory(c.embed_dim)
 
@@ -204,18 +207,23 @@ class MemoryCLIP(CLIPConceptMemory, nn.Module):
                                                  'own')
         folder = Path(source).expanduser()
         folder = folder.parent if folder.is_file() and folder.name in ('model.safetensors', 'config.json') else folder
-        if (folder / 'config.json').is_file():
-            load_model(self, str(folder / 'model.safetensors'), strict=True)
-        else: load_open_clip_weights(self.towers.clip, self.config.towers[10:], source)
+        if not (folder / 'config.json').is_file():
+            load_open_clip_weights(self.towers.clip, self.config.towers[10:], source)
+        elif json.loads((folder / 'config.json').read_text()).get('lora'):  # fine-tuned with LoRA: its merged weights
+            self.load_state_dict(load_checkpoint(folder).model.merge_lora().state_dict(), strict=True)
+        else: load_model(self, str(folder / 'model.safetensors'), strict=True)
         return self
 
     def open_clip_state_dict(self) -> dict:
-        "The open_clip towers' weights as an open_clip state dict (`open_clip.create_model(name).load_state_dict`)."
+        """The open_clip towers' weights as an open_clip state dict (`open_clip.create_model(name).load_state_dict`),
+        LoRA adapters merged in."""
         if self.towers is None: raise ValueError('this model has memvlm\'s own towers, not open_clip\'s')
         if self.towers.memory is not None:
             raise ValueError(f'memory_tokens={self.config.memory_tokens}: open_clip has no place for memory tokens; '
                              'export a model trained with memory_tokens=0')
-        return {k: v.detach().clone() for k, v in self.towers.clip.state_dict().items()}
+        # with LoRA: a copy, its adapters merged (the model keeps its own)
+        clip = self.towers.clip if self.lora is None else merged_copy(self.towers.clip, self._lora_tuners)
+        return {k: v.detach().clone() for k, v in clip.state_dict().items()}
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         "(B, 3, H, W) images to (B, embed_dim) embeddings."
@@ -252,6 +260,29 @@ class MemoryCLIP(CLIPConceptMemory, nn.Module):
         "Freeze the text tower, but for its last `unlocked_layers` blocks."
         if self.towers is not None: self.towers.clip.lock_text_tower(unlocked_layers)
         else: _lock_own(self.text, self.text_proj, unlocked_layers)
+        return self
+
+    def add_lora(self, rank: int, alpha: Optional[float] = None, targets='attn', towers=('image', 'text')):
+        """LoRA adapters (peft) of `rank`, scaled by `alpha / rank`, in the `targets` layers (`attn`, `mlp`) of every
+        block of the open_clip `towers`; every other weight of the open_clip model is frozen but the temperature, and
+        the memory tokens are left as they are. Checkpoints record it (`lora`) and load with the adapters."""
+        if self.towers is None: raise ValueError("LoRA adapts open_clip towers (towers='open_clip:<model>'); this "
+                                                 "model has memvlm's own: lock or freeze them instead")
+        if self.lora is not None: raise ValueError(f'this model already has LoRA adapters ({self.lora}): merge_lora() '
+                                                   'first to add others')
+        spec = lora_spec(rank, alpha, targets, towers)
+        # peft's tuners live outside the module tree, so that the state dict holds each weight once, under one name
+        self._lora_tuners = inject_lora(self.towers.clip, spec)
+        self.logit_scale.requires_grad_(True)  # peft froze it with the rest; the temperature trains, as under the locks
+        self.lora = spec
+        return self
+
+    def merge_lora(self):
+        """Fold the LoRA adapters into the towers' weights (peft's `merge_and_unload`): a plain model with the same
+        outputs, its weights frozen as LoRA left them (`requires_grad_(True)` to train them whole)."""
+        if self.lora is None: raise ValueError('this model has no LoRA adapters to merge (add_lora adds them)')
+        for tuner in self._lora_tuners: tuner.merge_and_unload()
+        self.lora, self._lora_tuners = None, ()
         return self
 
     def memory_parameters(self) -> list:

@@ -26,7 +26,8 @@ from .models import (Checkpoint, FusionModel, FusionModelConfig, MemoryCLIP, Mem
                            create_model, list_models, load_checkpoint, model_config, model_transform, preprocessing)
 from .larimar import LarimarCaptioner, LarimarConfig
 from .engine import autocast_context, resolve_device
-from .training import Trainer
+from .training import Trainer, lora_options
+from .lora import lora_parameter_count
 from .plots import plot_history
 from .evaluation import bleu_score, embed_images, evaluate_clip, modality_scores
 
@@ -144,6 +145,7 @@ def prepare_run(cfg: RunConfig) -> Run:
     texts += [p for ps in (data.class_prompts or []) for p in ps]
     tokenizer = _tokenizer(arch, texts, cfg.data.vocab)
     model = create_model(replace(arch, vocab_size=tokenizer.vocab_size))
+    lora_options(model, cfg.train)  # LoRA options that cannot apply to this model fail here, before training
     _check_space(output_dir, model)
     return Run(cfg, options, data, tokenizer, model, device, output_dir)
 
@@ -260,6 +262,7 @@ def _scorer(run: Run, loaders: _Loaders):
 def _run_facts(run: Run, data: ImageTextData, best: Checkpoint, train_seconds: float, history: list) -> dict:
     return {'best_epoch': best.metadata['epoch'], 'train_seconds': train_seconds, 'dataset': data.name,
             'model': run.config.model.model, 'parameters': sum(p.numel() for p in run.model.parameters()),
+            'trainable_parameters': sum(p.numel() for p in run.model.parameters() if p.requires_grad),
             'device': str(run.device), 'skipped': dict(data.skips.counts) if data.skips is not None else {},
             'history': history}
 
@@ -302,16 +305,29 @@ def _tower_shapes(config: MemoryCLIPConfig) -> list[tuple[int, int, int]]:
     return [(vision_tokens, config.vision_width, config.vision_depth),
             (config.context_length, config.text_width, config.text_depth)]
 
+def _lora_state_bytes(config: MemoryCLIPConfig, params: int, shapes: list, rank: int, targets: str) -> float:
+    """Weights, gradients and moments under LoRA in both towers: 16 bytes per adapter weight and memory token, 4 per
+    frozen weight, and each block's adapted q/k/v weight, kept for the backward pass (fp32)."""
+    if not config.towers: raise ValueError("lora_rank: LoRA adapts open_clip towers; this model has memvlm's own")
+    trained = lora_parameter_count(rank, targets, [(w, d) for _, w, d in shapes])
+    memory = config.memory_tokens * shapes[0][1]
+    adapted = sum(3 * w * w * d for _, w, d in shapes) if 'attn' in targets else 0
+    return (params - memory) * 4 + (trained + memory) * 16 + adapted * 4
+
 def training_memory_gb(model, batch_size: int, precision: str = 'fp16', grad_checkpointing: bool = False,
-                       trainable_fraction: float = 1.0) -> float:
+                       trainable_fraction: float = 1.0, lora_rank: int = 0, lora_targets: str = 'attn') -> float:
     """Estimated GPU memory (GB) to train MemoryCLIP `model` (a registered name or a config) at `batch_size` per GPU;
-    `trainable_fraction` of its parameters trained (e.g. 0.5 with a locked image tower of about half)."""
+    `trainable_fraction` of its parameters trained (e.g. 0.5 with a locked image tower of about half), or, with
+    `lora_rank` > 0, LoRA adapters in the `lora_targets` layers of both towers and the memory tokens."""
     config = model_config(model)
     if not isinstance(config, MemoryCLIPConfig): raise ValueError(f'{model}: the estimate covers MemoryCLIP models')
-    params = count_parameters(config)
-    state = params * (16 * trainable_fraction + 4 * (1 - trainable_fraction))
+    if lora_rank and trainable_fraction != 1.0:
+        raise ValueError(f'trainable_fraction={trainable_fraction} and lora_rank={lora_rank} both say what trains: '
+                         'give one (with LoRA the adapters and the memory tokens train)')
+    params, shapes = count_parameters(config), _tower_shapes(config)
+    if lora_rank: state = _lora_state_bytes(config, params, shapes, lora_rank, lora_targets)
+    else: state = params * (16 * trainable_fraction + 4 * (1 - trainable_fraction))
     per_channel = 34 if precision in ('fp16', 'bf16') else 68
-    shapes = _tower_shapes(config)
     if grad_checkpointing:  # each block's input kept, one block's activations rebuilt at a time
         act = sum(n * w * d * per_channel / 17 + n * w * per_channel for n, w, d in shapes)
     else: act = sum(n * w * d * per_channel for n, w, d in shapes)

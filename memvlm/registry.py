@@ -145,6 +145,7 @@ def save_checkpoint(model: nn.Module, folder, tokenizer: Optional[CaptionTokeniz
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     info = {'architecture': type(model).__name__, 'config': asdict(model.config),
             'tokenizer': tokenizer.to_dict() if tokenizer else None, 'metadata': metadata or {}}
+    if getattr(model, 'lora', None): info['lora'] = model.lora  # LoRA adapters (`memvlm.lora`): added again on loading
     atomic_file(folder / 'model.safetensors', lambda p: save_model(model, str(p)))
     atomic_file(folder / 'config.json', lambda p: p.write_text(json.dumps(info, indent=1)))
     return folder
@@ -174,6 +175,7 @@ def load_checkpoint(folder, device: Union[str, torch.device] = 'cpu') -> Checkpo
                                                    f'{", ".join(sorted(ARCHITECTURES))}')
     config_class, model_class = ARCHITECTURES[arch]
     model = model_class(_config_from_dict(config_class, info['config']))
+    if info.get('lora'): model.add_lora(**info['lora'])  # the adapters, then their weights with the rest
     load_model(model, str(folder / 'model.safetensors'), strict=True, device=str(device))
     tok = CaptionTokenizer.from_dict(info['tokenizer']) if info.get('tokenizer') else None
     return Checkpoint(model.to(device).eval(), tok, info.get('metadata', {}))
