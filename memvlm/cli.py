@@ -120,7 +120,7 @@ def _fewshot_parser(sub):
     fs.add_argument('--device', default='auto', help='device (default: auto)')
 
 def build_parser() -> argparse.ArgumentParser:
-    "The `memvlm` argument parser: `train` (one flag per run option), `eval`, `predict`, `memorize`, `forget`, `fewshot`."
+    "The `memvlm` argument parser: `train` (a flag per run option), `eval`, `predict`, `memorize`, `forget`, `fewshot`."
     parser = argparse.ArgumentParser(prog='memvlm', description='Memory-augmented vision-language learning.')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     for add in (_train_parser, _eval_parser, _predict_parser, _memory_parsers, _fewshot_parser): add(sub)
@@ -170,7 +170,8 @@ def _eval_command(args) -> int:
     tasks = [t.strip() for t in args.tasks.split(',') if t.strip()] if args.tasks else None
     metrics, out = evaluate_checkpoint(args.checkpoint, args.dataset, args.output_dir, args.split, args.device, tasks)
     split = evaluation_split(args.dataset, args.split)
-    where = f'every row of {args.dataset} (--split test: its test split only)' if split == WHOLE else f'the {split} split'
+    whole = f'every row of {args.dataset} (--split test: its test split only)'
+    where = whole if split == WHOLE else f'the {split} split'
     print(f'memvlm eval: {args.checkpoint} on {where}')
     for k, v in metrics.items(): print(f'  {k:18s} {v:.4f}')
     print(f'written to {out}/: ' + ', '.join(sorted(p.name for p in out.iterdir() if p.is_file())))

@@ -327,7 +327,7 @@ def evaluation_availability(model: nn.Module, data: ImageTextData, tokenizer=Non
     return {'retrieval': dual,
             'zero_shot': dual or labelled,
             'linear_probe': (_unless(has('encode_image'), 'the model has no encode_image') or labelled
-                             or _unless('train' in data.splits, f'dataset {data.name!r} has no train split to fit it on')),
+                             or _unless('train' in data.splits, f'dataset {data.name!r} has no train split')),
             'missing_modality': fusion or targeted,
             'bleu': _unless(has('generate'), 'the model has no generate()') or decodes,
             'ssim': _unless(has('reconstruct'), 'the model has no reconstruct()'),

@@ -97,7 +97,8 @@ def evaluation_split(dataset: Optional[str], split: Optional[str] = None) -> str
 def whole(data: ImageTextData) -> ImageTextData:
     """`data` as one split, `all`: every row of every split, in order. It has no train split, so nothing that fits on
     one (the linear probe) runs on it."""
-    return replace(data, splits=datasets.DatasetDict({WHOLE: datasets.concatenate_datasets(list(data.splits.values()))}))
+    rows = datasets.concatenate_datasets(list(data.splits.values()))
+    return replace(data, splits=datasets.DatasetDict({WHOLE: rows}))
 
 def evaluate_checkpoint(checkpoint, dataset: Optional[str] = None, output_dir=None, split: Optional[str] = None,
                         device: str = 'auto', tasks: Optional[list] = None, batch_size: int = 256) -> tuple[dict, Path]:
