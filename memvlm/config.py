@@ -222,8 +222,15 @@ class TrainConfig:
         0, "Stop after this many epochs without improvement of the monitored metric; 0: never.", min=0)
     resume: str = option(
         'false', "Where training continues from (weights, optimiser, schedule, data order and random state): `latest` "
-        "or `true`, the `last` checkpoint in the output folder; a checkpoint folder, or any file in it; `false`, start "
-        "afresh.", accepted="latest, true, false, or the path of a checkpoint folder (or a file in it)", booleans=True)
+        "or `true`, the `last` checkpoint in the output folder (none yet: start afresh, and say so); a checkpoint "
+        "folder, or any file in it; `false`, start afresh.",
+        accepted="latest, true, false, or the path of a checkpoint folder (or a file in it)", booleans=True)
+    checkpoint_every_minutes: float = option(
+        0.0, "Also write `last/` in the middle of an epoch once this many minutes passed since the last checkpoint "
+        "(weights, optimiser, schedule, random state and the data position), so that `resume` goes on at the next "
+        "step; 0: at epoch ends only.", min=0.0)
+    checkpoint_every_steps: int = option(
+        0, "Also write `last/` in the middle of an epoch every this many optimiser steps; 0: not by steps.", min=0)
     logger: Literal['csv', 'tensorboard', 'wandb'] = option(
         'csv', "Where metrics go besides `history.csv` and `steps.csv`: `tensorboard` (runs under "
         "output_dir/tensorboard) or `wandb` (needs `pip install wandb` and a login).")
@@ -256,6 +263,9 @@ class Preset:
     values: dict  # flat option names; `model.model` names the architecture (`model` alone is the section)
     gpus: int = 0  # GPUs the preset is made for; 2 or more: train with `torchrun --nproc_per_node <gpus>` (DDP)
 
+# a notebook session can end at any moment: a checkpoint every 15 minutes, and one cell for the first run and restarts
+_RESUMABLE = {'checkpoint_every_minutes': 15, 'resume': 'latest'}
+
 PRESETS = {
     'cpu-smoke': Preset('A laptop or CI CPU: the tiny model for a few epochs, to see that everything runs.',
                         {'model.model': 'memclip-tiny', 'epochs': 3, 'batch_size': 64, 'precision': 'fp32',
@@ -264,19 +274,19 @@ PRESETS = {
                         'with gradient checkpointing also fits a ViT-B CLIP (`--model memclip-vit-b-16`: about 6 GB, '
                         '23 GB without checkpointing).',
                         {'model.model': 'memclip-small', 'batch_size': 256, 'precision': 'fp16',
-                         'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda'}, gpus=1),
+                         'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda', **_RESUMABLE}, gpus=1),
     'kaggle-2xt4': Preset("Kaggle's two T4s with DDP (`torchrun --nproc_per_node 2`); batch_size is the sum over both "
                           '(256 per T4, as in kaggle-t4).',
                           {'model.model': 'memclip-small', 'batch_size': 512, 'precision': 'fp16',
-                           'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda'}, gpus=2),
+                           'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda', **_RESUMABLE}, gpus=2),
     'kaggle-t4-larimar': Preset('One Kaggle T4 (16 GB): seed 000\'s captioner (larimar-dinov2-distilgpt2, 251M '
                                 'parameters, its DINOv2, DistilBERT and DistilGPT-2 weights from the hub) in fp16 at '
                                 'batch 32: about 13.4 GB by `memvlm.larimar.larimar_memory_gb`.',
                                 {'model.model': 'larimar-dinov2-distilgpt2', 'batch_size': 32, 'precision': 'fp16',
-                                 'num_workers': 2, 'device': 'cuda'}, gpus=1),
+                                 'num_workers': 2, 'device': 'cuda', **_RESUMABLE}, gpus=1),
     'colab-t4': Preset('A Colab T4 (16 GB, no bf16): as kaggle-t4.',
                        {'model.model': 'memclip-small', 'batch_size': 256, 'precision': 'fp16',
-                        'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda'}, gpus=1),
+                        'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda', **_RESUMABLE}, gpus=1),
     'a100': Preset('An A100 or any Ampere-or-newer GPU (40 GB+): the base model in bf16; batch 256 fits a ViT-B CLIP '
                    'without checkpointing (memclip-vit-b-16: about 23 GB).',
                    {'model.model': 'memclip-base', 'batch_size': 256, 'precision': 'bf16', 'num_workers': 8,
