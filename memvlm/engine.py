@@ -164,7 +164,8 @@ def resume_folder(resume, output_dir=None, say=print) -> Optional[Path]:
     if r.lower() in ('', 'false', 'no', 'off', '0'): return None
     latest = r.lower() in ('latest', 'true', 'yes', 'on', '1')
     if latest and not output_dir:
-        raise FileNotFoundError(f'resume={resume!r} looks for the last checkpoint in the output folder, but there is none')
+        raise FileNotFoundError(f'resume={resume!r} looks for the last checkpoint in the output folder, but there is '
+                                'none')
     folder = Path(output_dir) / 'last' if latest else Path(r)
     if folder.is_file(): folder = folder.parent
     found = find_checkpoint(folder)
@@ -201,9 +202,9 @@ class ReplayableBatches(torch.utils.data.Sampler):
     def replay(self, order_state: Optional[torch.Tensor], skip: int):
         "Draw the next epoch's order from `order_state` (None: from the generator as it is), without its first `skip`."
         if not self.replayable:
-            raise ValueError(f'the batch order of a {type(self.sampler).__name__} cannot be drawn again, so a run cannot '
-                             'resume in the middle of an epoch: give a RandomSampler its own generator (make_loader '
-                             'does), or checkpoint at epoch ends only')
+            raise ValueError(f'the batch order of a {type(self.sampler).__name__} cannot be drawn again, so a run '
+                             'cannot resume in the middle of an epoch: give a RandomSampler its own generator '
+                             '(make_loader does), or checkpoint at epoch ends only')
         self._replay = (order_state, skip)
 
     def __iter__(self):  # a generator: its body runs when the first batch is asked for, as the sampler's own would
@@ -214,8 +215,8 @@ class ReplayableBatches(torch.utils.data.Sampler):
         yield from itertools.islice(self.batches, skip, None)
 
 def replayable_loader(loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
-    """`loader` with its batch sampler in a `ReplayableBatches`; a loader over an iterable-style dataset (which keeps its
-    own position) as it is."""
+    """`loader` with its batch sampler in a `ReplayableBatches`; a loader over an iterable-style dataset (which keeps
+    its own position) as it is."""
     if isinstance(loader.dataset, torch.utils.data.IterableDataset) or loader.batch_sampler is None \
             or isinstance(loader.batch_sampler, ReplayableBatches): return loader
     extra = {'in_order': loader.in_order} if hasattr(loader, 'in_order') else {}  # torch >= 2.6
@@ -234,8 +235,9 @@ def can_replay(loader) -> bool:
 def replay_from(loader, order_state: Optional[torch.Tensor], skip: int):
     "Make `loader`'s next epoch start `skip` batches in, its order drawn from `order_state` (see `ReplayableBatches`)."
     if not can_replay(loader):
-        raise ValueError(f'{type(loader.dataset).__name__} loader cannot start an epoch in its middle: a map-style loader '
-                         'needs replayable_loader and an order it can draw again, an iterable dataset skip_batches()')
+        raise ValueError(f'{type(loader.dataset).__name__} loader cannot start an epoch in its middle: a map-style '
+                         'loader needs replayable_loader and an order it can draw again, an iterable dataset '
+                         'skip_batches()')
     if isinstance(loader.dataset, torch.utils.data.IterableDataset): loader.dataset.skip_batches(skip)
     else: loader.batch_sampler.replay(order_state, skip)
 

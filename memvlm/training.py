@@ -262,9 +262,9 @@ class TrainerBookkeeping:
         """Where the run is in its data: the current epoch's batches trained on and their losses (for the epoch's
         record), the epoch's length, the dataset's own position if it keeps one, the seconds spent."""
         dataset = self.train_loader.dataset
-        return {'batches': self.batches_done, 'losses': list(self._epoch_losses), 'epoch_batches': len(self.train_loader),
-                'dataset': dataset.position_state() if hasattr(dataset, 'position_state') else None,
-                'seconds': time.time() - self._start}
+        own = dataset.position_state() if hasattr(dataset, 'position_state') else None
+        return {'batches': self.batches_done, 'losses': list(self._epoch_losses),
+                'epoch_batches': len(self.train_loader), 'dataset': own, 'seconds': time.time() - self._start}
 
     def _resume(self, folder: Path):
         "Continue from checkpoint `folder`: its weights, the whole training state and the position in the data."
@@ -276,7 +276,8 @@ class TrainerBookkeeping:
         self._resume_position(info.get('position') or {})  # checkpoints before memvlm 0.1.1 have none: an epoch end
         restore_training_state(tensors, info, self.optimizer, self.scaler, self._generator(), self._parts())
         self.resumed, self._replay = True, self._replay_plan(tensors)
-        where = f'{self.batches_done} of {len(self.train_loader)} batches into' if self.batches_done else 'at the start of'
+        n = len(self.train_loader)
+        where = f'{self.batches_done} of {n} batches into' if self.batches_done else 'at the start of'
         self._say(f'resumed from {folder}: step {self.step}, {where} epoch {self.epoch + 1}')
         if self.batches_done and not replay_exact(self.train_loader):
             self._say('note: this epoch goes on with the same batches, but samples that loader workers transform at '
@@ -287,9 +288,9 @@ class TrainerBookkeeping:
         "The current epoch's batches trained on and their losses, checked against this run's loader."
         batches, dataset = position.get('batches', 0), self.train_loader.dataset
         if batches and position.get('epoch_batches') != len(self.train_loader):
-            raise ValueError(f"the checkpoint stopped {batches} batches into an epoch of {position.get('epoch_batches')}"
-                             f', but this run\'s epoch has {len(self.train_loader)} batches: resume with the same data, '
-                             'batch_size and number of processes')
+            raise ValueError(f"the checkpoint stopped {batches} batches into an epoch of "
+                             f"{position.get('epoch_batches')}, but this run's epoch has {len(self.train_loader)} "
+                             'batches: resume with the same data, batch_size and number of processes')
         if batches and hasattr(dataset, 'check_position'): dataset.check_position(position.get('dataset'))
         self.batches_done, self._epoch_losses = batches, list(position.get('losses', []))
         self._elapsed = position.get('seconds')
