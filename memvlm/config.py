@@ -529,7 +529,9 @@ def default_data_dir(environ: Optional[dict] = None) -> Path:
 def resolve_output_dir(cfg: RunConfig, environ: Optional[dict] = None) -> Path:
     "`cfg.output_dir`, or `runs/<model>-<dataset>` under the environment's working folder."
     if cfg.output_dir: return Path(cfg.output_dir)
-    dataset = re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(cfg.data.dataset).stem)
+    path = Path(cfg.data.dataset)  # shards (`shards/{000000..000099}.tar`): the folder names the run, not the pattern
+    name = path.parent.name if '{' in path.name or path.suffix == '.tar' else path.stem
+    dataset = re.sub(r'[^A-Za-z0-9_.-]+', '_', name or path.stem)
     return Path(_WORK_ROOTS[runtime_environment(environ)]) / 'runs' / f'{cfg.model.model}-{dataset}'
 
 # %% ../nbs/00_config.ipynb #48038783

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['IMAGE_MEMBERS', 'MANIFEST', 'HELD_OUT_MAX', 'write_shards', 'is_shard_pattern', 'shard_urls', 'read_index',
-           'assign_splits', 'ShardStream', 'load_shards', 'epoch_plan', 'batches_done_by_worker', 'shuffle_buffer',
-           'ShardDataset']
+           'assign_splits', 'ShardStream', 'load_shards', 'epoch_batches_of', 'epoch_plan', 'batches_done_by_worker',
+           'shuffle_buffer', 'ShardDataset']
 
 # %% ../nbs/01f_shards.ipynb #762ab917
 import contextlib
@@ -334,6 +334,18 @@ class ShardStream:
             if k >= hi: return
         raise ValueError(f'{self.urls[shard]} holds {k} of the {len(keys)} training examples its index lists')
 
+    def with_images(self, train: datasets.Dataset, n: int = 4096, max_pixels: int = 100_000_000) -> datasets.Dataset:
+        """The first `n` training examples (rows of the `train` split) with their images, read from the first shards:
+        a bounded look at the training images (a memory's base statistics come from it). Those that do not decode are
+        left out and logged."""
+        rows, images = [], []
+        for shard in range(len(self.urls)):
+            for row, key, image in self.read(shard, 0, min(self.counts[shard], n - len(rows))):
+                try: open_image(image, max_pixels); rows.append(row); images.append({'bytes': image, 'path': None})
+                except BadImageError as e: _log.warning('skipped %s key %s: %s', self.urls[shard], key, e)
+            if len(rows) >= n: break
+        return train.select(rows).add_column('image', images).cast_column('image', datasets.Image())
+
 def _manifest_of(urls: Sequence[str]) -> dict:
     "The memvlm manifest beside the first shard (local shards), or {}."
     path = None if _is_url(urls[0]) else Path(urls[0]).parent / MANIFEST
@@ -378,19 +390,24 @@ def load_shards(spec, data_dir=None, seed: int = 0, max_skip_fraction: float = 0
                          stream=ShardStream(urls, train_keys))
 
 # %% ../nbs/01f_shards.ipynb #8a2a90e5
+def epoch_batches_of(examples: int, batch_size: int) -> tuple[int, int]:
+    "(batches, their size) of an epoch of `examples`: whole batches only, or one short batch if there are fewer."
+    return (examples // batch_size, batch_size) if examples >= batch_size else (int(examples > 0), examples)
+
 def epoch_plan(counts: Sequence[int], epoch: int, seed: int, rank: int, world: int, workers: int,
                batch_size: int) -> tuple[list[int], list[int], list[tuple[int, int]]]:
     """How one epoch reads the training examples of shards with `counts` examples each: the shards in an order drawn
     from (seed, epoch), read one after another as one run of examples; process `rank` of `world` takes the
-    `rank`-th of `world` equal parts of it, which its `workers` loader workers split into runs of whole batches.
-    Returns (shard order, batches of each worker, each worker's run as (first, end) in the epoch's order)."""
+    `rank`-th of `world` equal parts of it, which its `workers` loader workers split into runs of whole batches (a part
+    smaller than a batch is one short batch, as `make_loader` keeps it). Returns (shard order, batches of each worker,
+    each worker's run as (first, end) in the epoch's order)."""
     order = list(range(len(counts)))
     random.Random(f'{seed}-{epoch}').shuffle(order)
     per_rank = sum(counts) // world
-    batches = per_rank // batch_size
+    batches, size = epoch_batches_of(per_rank, batch_size)
     per_worker = [batches // workers + (w < batches % workers) for w in range(workers)]
     start, runs = rank * per_rank, []
-    for n in per_worker: runs.append((start, start + n * batch_size)); start += n * batch_size
+    for n in per_worker: runs.append((start, start + n * size)); start += n * size
     return order, per_worker, runs
 
 def batches_done_by_worker(n: int, per_worker: Sequence[int]) -> list[int]:
@@ -445,9 +462,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self._random = not getattr(samples.transform, 'deterministic', False)
         self._draft = getattr(samples.transform, 'image_size', None)
 
-    @property
-    def batches_per_epoch(self) -> int: return self.stream.total // self.world // self.batch_size
-    def __len__(self) -> int: return self.batches_per_epoch * self.batch_size  # the loader's length: whole batches
+    def __len__(self) -> int:  # the examples of an epoch, so that the loader's length is its batches
+        batches, size = epoch_batches_of(self.stream.total // self.world, self.batch_size)
+        return batches * size
     def set_epoch(self, epoch: int): self._epoch.fill_(epoch); self._skip.fill_(0); self.samples.set_epoch(epoch)
     def skip_batches(self, n: int): self._skip.fill_(n)
 

@@ -3,6 +3,7 @@ an uninterrupted run (to 1e-6 on CPU), as a user meets it: `memvlm train` in fre
 webdataset shards. Each run is a process of its own: one that ran other tests first may pick other kernels (1e-4 apart)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,3 +96,48 @@ def test_the_check_can_fail(tmp_path):
     args = ['--dataset', str(csv), '--epochs', '1', '--batch-size', '8', *TINY]
     train_fresh([*args, '--output-dir', 'a'], tmp_path); train_fresh([*args, '--output-dir', 'b', '--seed', '1'], tmp_path)
     with pytest.raises(AssertionError, match='differs by'): assert_same_weights(tmp_path / 'a', tmp_path / 'b')
+
+
+def write_shards_of_digits(folder: Path, per_class: int, shard_size: int) -> str:
+    "A CSV of PNG files written as shards with `memvlm shards`, as a user does; the brace pattern of the shards."
+    csv = write_digits_csv(folder / 'photos', per_class=per_class)
+    p = _popen(['shards', '--dataset', str(csv), '--output', str(folder / 'shards'), '--shard-size', str(shard_size)], folder)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err.decode()[-2000:]
+    return str(folder / 'shards' / json.loads((folder / 'shards' / 'manifest.json').read_text())['pattern'])
+
+
+def test_sigkill_in_an_epoch_of_shards_then_resume_matches_an_uninterrupted_run(tmp_path):
+    "Shards read by two loader workers, mid-epoch checkpoints every step: killed inside epoch 2, resumed, the same weights."
+    pattern = write_shards_of_digits(tmp_path, per_class=20, shard_size=16)
+    args = ['--dataset', pattern, '--epochs', '2', '--batch-size', '8', *TINY[:-2], '--num-workers', '2']
+    train_fresh([*args, '--output-dir', 'straight'], tmp_path)
+    resumable = [*args, '--checkpoint-every-steps', '1', '--resume', 'latest']
+    state = kill_in_an_epoch(resumable, tmp_path, 'killed')
+    assert state['position']['batches'] > 0 and state['position']['dataset']['workers'] == 2, state['position']
+    shutil.copytree(find_checkpoint(tmp_path / 'killed' / 'last'), tmp_path / 'midway')
+    out = train_fresh([*resumable, '--output-dir', 'killed'], tmp_path)
+    assert f"{state['position']['batches']} of {state['position']['epoch_batches']} batches into epoch {state['epoch'] + 1}" in out, out
+    assert_same_weights(tmp_path / 'straight', tmp_path / 'killed')
+    assert_same_steps(tmp_path / 'straight', tmp_path / 'killed')
+    # going on with another number of loader workers would read other batches: refused, saying why
+    p = _popen(['train', *args[:-2], '--num-workers', '1', '--resume', str(tmp_path / 'midway'), '--output-dir', 'other'],
+               tmp_path)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode != 0 and b'workers 2 -> 1' in err, err[-1500:]
+
+def test_ddp_two_gloo_processes_share_every_epoch_of_shards_out(tmp_path):
+    "Two processes (torchrun, gloo) on shards: in each epoch every example goes to one process, the same number to each."
+    pattern = write_shards_of_digits(tmp_path, per_class=10, shard_size=16)
+    worker = str(Path(__file__).parent / 'ddp_shards_worker.py')
+    subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', worker, pattern,
+                    str(tmp_path / 'seen')], check=True, cwd=tmp_path, timeout=600)
+    ranks = [json.loads((tmp_path / f'seen.{r}.json').read_text()) for r in range(2)]
+    assert [r['world'] for r in ranks] == [2, 2]
+    train = set(ranks[0]['train_keys'])
+    for epoch in ('0', '1'):
+        keys = [[k for batch in r['epochs'][epoch] for k in batch] for r in ranks]
+        assert len(keys[0]) == len(keys[1]) == len(train) // 2 // 4 * 4, (len(keys[0]), len(keys[1]), len(train))  # batch 8 = 4 a process
+        assert not set(keys[0]) & set(keys[1]) and all(len(set(k)) == len(k) for k in keys)  # each example to one process, once
+        assert set(keys[0]) | set(keys[1]) <= train
+    assert ranks[0]['epochs']['0'] != ranks[0]['epochs']['1']  # reshuffled each epoch
