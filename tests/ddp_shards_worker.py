@@ -16,7 +16,7 @@ def main(shards, out_prefix, batch_size=8, workers=1):
     seed_everything(0)
     data = load_shards(shards)
     tok = CaptionTokenizer.build([c for caps in data['train']['captions'] for c in caps])
-    rows = ImageTextDataset(data['train'], tok, image_transform(16, uint8=True))
+    rows = ImageTextDataset(data['train'], tok, image_transform(16))
     loader = make_loader(ShardDataset(data.stream, rows, batch_size, num_workers=workers), batch_size, train=True, num_workers=workers)
     model = create_model('memclip-tiny', image_size=16, patch_size=4, vocab_size=tok.vocab_size, vision_depth=1, text_depth=1,
                          vision_width=32, text_width=32, embed_dim=16)
