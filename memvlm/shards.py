@@ -317,6 +317,9 @@ class ShardStream:
     @property
     def total(self) -> int: return sum(self.counts)
     def __repr__(self): return f'ShardStream({len(self.urls)} shards, {self.total} training examples)'
+    def url_of(self, row: int) -> str:
+        "The shard that holds training example `row`."
+        return self.urls[int(np.searchsorted(np.cumsum(self.counts), row, side='right'))]
 
     def read(self, shard: int, lo: int = 0, hi: Optional[int] = None) -> Iterator[tuple[int, str, bytes]]:
         """Training examples `lo` to `hi` of shard `shard` as (row, key, image bytes), reading the shard from its start
@@ -523,7 +526,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def _sample(self, row: int, key: str, image: bytes, epoch: int, skips: SkipLog) -> Optional[dict]:
         "Example `row` as a sample (None, counted, if its image does not decode); its random transform seeded by it."
         try: picture = open_image(image, self.max_pixels, draft=self._draft)
-        except BadImageError as e: skips.add('undecodable image', f'shard key {key} ({e})'); return None
+        except BadImageError as e:
+            skips.add('undecodable image', f'{self.stream.url_of(row)} key {key} ({e})'); return None
         with _seeded(hash((self.seed, epoch, row)) % 2**63) if self._random else contextlib.nullcontext():
             tensor = self.samples.transform(picture)
         return {**self.samples.sample(row, tensor), 'key': key}
