@@ -12,19 +12,24 @@ Photos: JPEGs of mixed sizes (640x480 to 1280x960, landscape and portrait) read 
 (JPEG draft decoding at reduced scale, one resize of the centred square to uint8) against open_clip's own
 (open_clip_train's `CsvDataset`, reproduced below because its module needs webdataset, with open_clip's training
 `image_transform` and tokenizer), both decoding every image every epoch (memvlm's image cache off); then memvlm with its
-cache on (`image_cache_mb`: decoded once). With a GPU, `memvlm train` augments and normalises each batch there
+cache on (`image_cache_mb`: decoded once), and memvlm reading the same photos from webdataset tar shards (`write_shards`,
+as `memvlm shards` writes them; eight shards, so that each worker reads shards of its own as in a set of thousands of
+shards of 1,000; streamed by `ShardDataset` through its shuffle buffer, each image decoded every epoch). With a GPU, `memvlm train` augments and normalises each batch there
 (`BatchAugment`), so the loader's CPU work is its whole share; the row 'augmenting on the CPU' adds `BatchAugment` in
 the main process, as a run without a GPU does. Images per second.
 
 Prints tables and, last, one line of JSON: {"loader_over_step", "photos_over_open_clip", ...}: the smaller of the two
 digits datasets' ratios with the default number of workers, and memvlm's photo images/s over open_clip's (the smaller
-over the worker counts, cache off, augmentation on the GPU; `photos_over_open_clip_cpu_augment`: augmenting on the CPU).
+over the worker counts, cache off, augmentation on the GPU; `photos_over_open_clip_cpu_augment`: augmenting on the CPU);
+`shards_over_csv`: images/s reading the photos from shards over reading them from the CSV of files (the smaller over the
+worker counts; target >= 1).
 Usage: python benchmarks/dataloader.py [--workers 0 2] [--repeats 5] [--photos 256]
 """
 import argparse
 import json
 import sys
 import tempfile
+from pathlib import Path
 
 import torch
 
@@ -82,6 +87,20 @@ class OpenClipCsvDataset(torch.utils.data.Dataset):
         return self.transforms(Image.open(str(self.images[idx]))), self.tokenize([str(self.captions[idx])])[0]
 
 
+def shard_loader(rows, tok, workers: int, batch: int, folder: Path):
+    """The same photos written as eight shards in `folder` (`write_shards`, once) and streamed back as `memvlm train`
+    reads them."""
+    import datasets
+    from memvlm.data import (ImageTextData, ImageTextDataset, ShardDataset, image_transform, load_shards, make_loader,
+                             write_shards)
+    if not (folder / 'manifest.json').is_file():  # every photo a training example (two more stand for the held-out splits)
+        splits = {'train': rows, 'validation': rows.select([0]), 'test': rows.select([1])}
+        write_shards(ImageTextData(datasets.DatasetDict(splits), 'photos'), folder, shard_size=max(1, len(rows) // 8))
+    data = load_shards(folder)
+    samples = ImageTextDataset(data['train'], tok, image_transform(224, resize='crop', uint8=True), cache_mb=0)
+    return make_loader(ShardDataset(data.stream, samples, batch, num_workers=workers), batch, train=True, num_workers=workers)
+
+
 def photo_bench(csv: str, workers: int, repeats: int, batch: int = 64) -> list[dict]:
     "Images per second of memvlm's training pipeline (cache off, then on) and of open_clip's, on the same JPEGs at 224 px."
     import open_clip
@@ -97,7 +116,7 @@ def photo_bench(csv: str, workers: int, repeats: int, batch: int = 64) -> list[d
         return make_loader(ds, batch, train=True, num_workers=workers)
     theirs = OpenClipCsvDataset(csv, open_clip.image_transform(224, is_train=True), tokenizer=open_clip.get_tokenizer('ViT-B-32'))
     loaders = {'memvlm': memvlm_loader(0), 'memvlm, augmenting on the CPU': memvlm_loader(0),
-               'memvlm, image cache': memvlm_loader(1024),
+               'memvlm, image cache': memvlm_loader(1024), 'memvlm, shards': shard_loader(rows, tok, workers, batch, Path(csv).parent / 'shards'),
                # persistent workers, like memvlm's, so neither pays a start-up per epoch
                'open_clip': torch.utils.data.DataLoader(theirs, batch_size=batch, shuffle=True, num_workers=workers,
                                                         drop_last=True, persistent_workers=workers > 0)}
@@ -168,6 +187,10 @@ def main():
         summary['photos'] = {f"{r['pipeline']}/workers={r['workers']}": round(r['images_per_s'], 1) for r in photo_rows}
         print(f"memvlm reads photos at {summary['photos_over_open_clip']:.2f}x open_clip's images/s, decoding every time "
               f"(target >= 2x); {summary['photos_over_open_clip_cpu_augment']:.2f}x when it augments on the CPU too")
+        by = lambda name: {r['workers']: r['images_per_s'] for r in photo_rows if r['pipeline'] == name}
+        summary['shards_over_csv'] = round(min(by('memvlm, shards')[w] / by('memvlm')[w] for w in args.workers), 2)
+        print(f"from shards: {summary['shards_over_csv']:.2f}x the images/s of the same photos read from a CSV of files "
+              '(target >= 1x)')
     print(json.dumps(summary))
 
 

@@ -7,7 +7,8 @@
    own model and loss on the same weights, interleaved.
 3. Images per second of memvlm's photo pipeline (JPEGs of mixed sizes to 224 px, `--workers` loader workers, uint8
    batches pinned and copied without blocking, then `BatchAugment` on the GPU) against the images per second the
-   ViT-B/16 step consumes.
+   ViT-B/16 step consumes; from a CSV of files, and from the same photos written as webdataset shards (`ShardDataset`,
+   as `memvlm train --dataset 'shards/{...}.tar'` streams them).
 
 The target on an H100/H200-class GPU is MFU >= 45% for ViT-B/16 at batch 256. Run by benchmarks/gpu.sh.
 Usage: python benchmarks/gpu_check.py [--batch 256] [--repeats 10] [--workers 8] [--photos 2048] [--device cuda]
@@ -17,6 +18,7 @@ import json
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -50,15 +52,18 @@ def mfu_rows(batch: int, repeats: int, device, peak: float) -> tuple[list, dict]
     return rows, {'memvlm': b16, 'open_clip': reference, 'batch': b}
 
 
-def loader_images_per_s(workers: int, photos: int, batch: int, device) -> float:
-    "memvlm's training pipeline on JPEG photos at 224 px, through to augmented batches on `device`."
+def loader_images_per_s(workers: int, photos: int, batch: int, device, shards: bool = False) -> float:
+    """memvlm's training pipeline on JPEG photos at 224 px, through to augmented batches on `device`: from a CSV of
+    files, or (`shards`) from the same photos as webdataset shards (eight, so that each worker reads its own)."""
     from memvlm.data import BatchAugment, CaptionTokenizer, ImageTextDataset, image_transform, load_csv_captions, make_loader
     from memvlm.models import OPENAI_MEAN, OPENAI_STD
+    from dataloader import shard_loader
     with tempfile.TemporaryDirectory() as folder:
         rows = load_csv_captions(write_photos(folder, photos))['train']
         tok = CaptionTokenizer.build([c for caps in rows['captions'] for c in caps], 77, 'full')
         ds = ImageTextDataset(rows, tok, image_transform(224, resize='crop', uint8=True))
-        loader = make_loader(ds, batch, train=True, num_workers=workers)
+        loader = shard_loader(rows, tok, workers, batch, Path(folder) / 'shards') if shards else \
+            make_loader(ds, batch, train=True, num_workers=workers)
         augment, seen = BatchAugment(OPENAI_MEAN, OPENAI_STD).to(device), 0
         for epoch in range(2):  # the first epoch warms the workers and the page cache; the second is timed
             start = time.perf_counter()
@@ -88,6 +93,7 @@ def main():
     times = interleaved_times(steps, repeats=args.repeats)
     step_s = {k: median(v) for k, v in times.items()}
     loader = loader_images_per_s(args.workers, args.photos, args.batch, device)
+    shard_loader = loader_images_per_s(args.workers, args.photos, args.batch, device, shards=True)
     consumed = args.batch / step_s['memvlm']
     print(f'\nbf16 on {machine()}; matmul peak {peak / 1e12:.1f} TFLOP/s')
     print_table(rows, ['model', 'batch', 'ms_per_step', 'tflops', 'mfu'],
@@ -98,9 +104,11 @@ def main():
                'steps_per_s_memvlm': round(1 / step_s['memvlm'], 2), 'steps_per_s_open_clip': round(1 / step_s['open_clip'], 2),
                'speedup_vs_open_clip': round(step_s['open_clip'] / step_s['memvlm'], 3),
                'loader_images_per_s': round(loader, 1), 'step_images_per_s': round(consumed, 1),
-               'loader_over_step': round(loader / consumed, 2), 'workers': args.workers}
+               'loader_over_step': round(loader / consumed, 2), 'workers': args.workers,
+               'shard_loader_images_per_s': round(shard_loader, 1), 'shard_loader_over_step': round(shard_loader / consumed, 2)}
     print(f"ViT-B/16 MFU {summary['mfu_vit_b16']:.1%} (target >= 45% on H100/H200), {summary['speedup_vs_open_clip']:.2f}x "
-          f"open_clip's step; loader {summary['loader_over_step']:.2f}x what the step consumes")
+          f"open_clip's step; loader {summary['loader_over_step']:.2f}x what the step consumes "
+          f"({summary['shard_loader_over_step']:.2f}x from shards)")
     print(json.dumps(summary))
 
 

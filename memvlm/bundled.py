@@ -31,13 +31,18 @@ class ImageTextData:
     class_prompts: Optional[list[list[str]]] = None  # per class, the prompts whose mean text embedding stands for it
     skips: Optional[object] = None  # a `SkipLog`: what loading left out, and why
     tagnames: Optional[list[str]] = None  # multi-label tag names, index = the indices in a row's `tags`
+    # read from shards: the training images, streamed as training goes (a `shards.ShardStream`); `train` then holds
+    # the training examples' captions and targets only
+    stream: Optional[object] = None
 
     def __getitem__(self, split: str) -> datasets.Dataset: return self.splits[split]
     @property
     def labelled(self) -> bool: return self.classnames is not None
     def __repr__(self):
         sizes = ', '.join(f'{k}: {len(v)}' for k, v in self.splits.items())
-        return f'ImageTextData({self.name!r}, {sizes}, classes: {len(self.classnames) if self.labelled else None})'
+        streamed = ', train images streamed from shards' if self.stream is not None else ''
+        return (f'ImageTextData({self.name!r}, {sizes}, classes: {len(self.classnames) if self.labelled else None}'
+                f'{streamed})')
 
 # %% ../nbs/01b_bundled.ipynb #24dc36cc
 SPLIT_FRACTIONS = {'validation': 0.1, 'test': 0.2}

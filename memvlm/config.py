@@ -205,16 +205,13 @@ class TrainConfig:
         "`visual:2`; empty: train everything.",
         pattern=r'[A-Za-z0-9_.,:]*', accepted='comma-separated parameter-name prefixes, each optionally :N')
     lora_rank: int = option(
-        0, "LoRA (through peft): rank of the low-rank adapters added to the open_clip towers of a MemoryCLIP (not to "
-        "a tower lock_image or lock_text locks); those towers' own weights are frozen, the memory tokens and the "
-        "temperature still train; checkpoints keep the adapters, `open_clip_state_dict()` merges them. 0: off.",
-        min=0)
-    lora_alpha: Optional[float] = option(
-        None, "LoRA scale: each adapter's product is multiplied by lora_alpha / lora_rank; empty: the rank (scale 1).",
-        min=0.0)
+        0, "LoRA (through peft): rank of the adapters added to a MemoryCLIP's open_clip towers (not to a locked one), "
+        "whose own weights freeze; memory tokens and temperature still train; `open_clip_state_dict()` merges them. "
+        "0: off.", min=0)
+    lora_alpha: Optional[float] = option(None, "LoRA scale is lora_alpha / lora_rank; empty: the rank.", min=0.0)
     lora_targets: str = option(
         'attn', "Layers of each block that get LoRA adapters: `attn` (the attention's joint query/key/value "
-        "in-projection and its out-projection, peft's nn.MultiheadAttention LoRA), `mlp` (the MLP's two layers), or "
+        "in-projection, through peft's target_parameters; not its out-projection), `mlp` (the MLP's two layers), or "
         "`attn,mlp`.", pattern=r'(attn|mlp)(,(attn|mlp))*', accepted='attn, mlp, or attn,mlp')
     contrastive_loss: Literal['clip', 'siglip'] = option(
         'clip', "Loss of dual encoders: `clip` (softmax InfoNCE, features gathered from all processes) or `siglip` "
@@ -234,8 +231,13 @@ class TrainConfig:
         0, "Stop after this many epochs without improvement of the monitored metric; 0: never.", min=0)
     resume: str = option(
         'false', "Where training continues from (weights, optimiser, schedule, data order and random state): `latest` "
-        "or `true`, the `last` checkpoint in the output folder; a checkpoint folder, or any file in it; `false`, start "
-        "afresh.", accepted="latest, true, false, or the path of a checkpoint folder (or a file in it)", booleans=True)
+        "or `true`, the `last` checkpoint in the output folder (none yet: start afresh, and say so); a checkpoint "
+        "folder, or any file in it; `false`, start afresh.",
+        accepted="latest, true, false, or the path of a checkpoint folder (or a file in it)", booleans=True)
+    checkpoint_every_minutes: float = option(
+        0.0, "Also write `last/` mid-epoch this many minutes after the last checkpoint (weights, optimiser, schedule, "
+        "random state, data position), so `resume` goes on at the next step; 0: at epoch ends only.", min=0.0)
+    checkpoint_every_steps: int = option(0, "Also write `last/` every this many optimiser steps; 0: never.", min=0)
     logger: Literal['csv', 'tensorboard', 'wandb'] = option(
         'csv', "Where metrics go besides `history.csv` and `steps.csv`: `tensorboard` (runs under "
         "output_dir/tensorboard) or `wandb` (needs `pip install wandb` and a login).")
@@ -268,34 +270,32 @@ class Preset:
     values: dict  # flat option names; `model.model` names the architecture (`model` alone is the section)
     gpus: int = 0  # GPUs the preset is made for; 2 or more: train with `torchrun --nproc_per_node <gpus>` (DDP)
 
+_RESUMABLE = {'checkpoint_every_minutes': 15, 'resume': 'latest'}  # notebook sessions end without warning
+_T4 = {'precision': 'fp16', 'num_workers': 2, 'device': 'cuda', **_RESUMABLE}  # 16 GB, no bf16: fp16 with a scaler
+_T4_SMALL = {'model.model': 'memclip-small', 'grad_checkpointing': True, **_T4}
+
 PRESETS = {
     'cpu-smoke': Preset('A laptop or CI CPU: the tiny model for a few epochs, to see that everything runs.',
                         {'model.model': 'memclip-tiny', 'epochs': 3, 'batch_size': 64, 'precision': 'fp32',
                          'num_workers': 0, 'device': 'cpu'}),
     'kaggle-t4': Preset('One Kaggle T4 (16 GB, no bf16): the small model in fp16 with a gradient scaler; batch 256 '
-                        'with gradient checkpointing also fits a ViT-B CLIP (`--model memclip-vit-b-16`: about 6 GB, '
-                        '23 GB without checkpointing).',
-                        {'model.model': 'memclip-small', 'batch_size': 256, 'precision': 'fp16',
-                         'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda'}, gpus=1),
+                        'with gradient checkpointing fits a ViT-B CLIP too (memclip-vit-b-16: 6 GB, 23 GB without).',
+                        {**_T4_SMALL, 'batch_size': 256}, gpus=1),
     'kaggle-2xt4': Preset("Kaggle's two T4s with DDP (`torchrun --nproc_per_node 2`); batch_size is the sum over both "
                           '(256 per T4, as in kaggle-t4).',
-                          {'model.model': 'memclip-small', 'batch_size': 512, 'precision': 'fp16',
-                           'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda'}, gpus=2),
+                          {**_T4_SMALL, 'batch_size': 512}, gpus=2),
     'kaggle-t4-larimar': Preset('One Kaggle T4 (16 GB): seed 000\'s captioner (larimar-dinov2-distilgpt2, 251M '
                                 'parameters, its DINOv2, DistilBERT and DistilGPT-2 weights from the hub) in fp16 at '
                                 'batch 32: about 13.4 GB by `memvlm.larimar.larimar_memory_gb`.',
-                                {'model.model': 'larimar-dinov2-distilgpt2', 'batch_size': 32, 'precision': 'fp16',
-                                 'num_workers': 2, 'device': 'cuda'}, gpus=1),
-    'kaggle-t4-lora': Preset('One Kaggle T4 (16 GB): OpenAI\'s CLIP ViT-B/16 with LoRA rank 8 in the attention of '
-                             'both towers beside its 64 gated memory tokens (0.4% of the weights train), fp16 at batch '
-                             '256 with gradient checkpointing: about 4.6 GB by `memvlm.recipes.training_memory_gb` '
-                             '(6.2 GB for a full fine-tune); lr 2e-4, as CLIP-LoRA.',
+                                {'model.model': 'larimar-dinov2-distilgpt2', 'batch_size': 32, **_T4}, gpus=1),
+    'kaggle-t4-lora': Preset('One Kaggle T4: OpenAI\'s CLIP ViT-B/16, LoRA rank 8 in both towers\' attention beside '
+                             '64 gated memory tokens (0.4% of the weights train), fp16, batch 256, gradient '
+                             'checkpointing, lr 2e-4 (as CLIP-LoRA): about 4.6 GB by '
+                             '`memvlm.recipes.training_memory_gb` (6.2 GB for a full fine-tune).',
                              {'model.model': 'memclip-vit-b-16', 'lora_rank': 8, 'lr': 2e-4, 'batch_size': 256,
-                              'precision': 'fp16', 'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda'},
-                             gpus=1),
+                              'grad_checkpointing': True, **_T4}, gpus=1),
     'colab-t4': Preset('A Colab T4 (16 GB, no bf16): as kaggle-t4.',
-                       {'model.model': 'memclip-small', 'batch_size': 256, 'precision': 'fp16',
-                        'grad_checkpointing': True, 'num_workers': 2, 'device': 'cuda'}, gpus=1),
+                       {**_T4_SMALL, 'batch_size': 256}, gpus=1),
     'a100': Preset('An A100 or any Ampere-or-newer GPU (40 GB+): the base model in bf16; batch 256 fits a ViT-B CLIP '
                    'without checkpointing (memclip-vit-b-16: about 23 GB).',
                    {'model.model': 'memclip-base', 'batch_size': 256, 'precision': 'bf16', 'num_workers': 8,
@@ -538,7 +538,9 @@ def default_data_dir(environ: Optional[dict] = None) -> Path:
 def resolve_output_dir(cfg: RunConfig, environ: Optional[dict] = None) -> Path:
     "`cfg.output_dir`, or `runs/<model>-<dataset>` under the environment's working folder."
     if cfg.output_dir: return Path(cfg.output_dir)
-    dataset = re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(cfg.data.dataset).stem)
+    path = Path(cfg.data.dataset)  # shards (`shards/{000000..000099}.tar`): the folder names the run, not the pattern
+    name = path.parent.name if '{' in path.name or path.suffix == '.tar' else path.stem
+    dataset = re.sub(r'[^A-Za-z0-9_.-]+', '_', name or path.stem)
     return Path(_WORK_ROOTS[runtime_environment(environ)]) / 'runs' / f'{cfg.model.model}-{dataset}'
 
 # %% ../nbs/00_config.ipynb #48038783

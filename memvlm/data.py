@@ -13,15 +13,16 @@ import datasets
 import numpy as np
 import torch
 
-from . import bundled, images, sources, tokenizer, transforms
+from . import bundled, images, shards, sources, tokenizer, transforms
 from .tasks import TARGET_KEYS, task_parts
 from .images import *
 from .bundled import *
+from .shards import *
 from .sources import *
 from .tokenizer import *
 from .transforms import *
 
-__all__ += [n for m in (images, bundled, sources, tokenizer, transforms) for n in m.__all__]  # for `import *`
+__all__ += [n for m in (images, bundled, shards, sources, tokenizer, transforms) for n in m.__all__]  # for `import *`
 
 # %% ../nbs/01_data.ipynb #7d6ef216
 def answer_classes(split: datasets.Dataset) -> list[str]:
@@ -112,16 +113,27 @@ class ImageTextDataset(torch.utils.data.Dataset):
             self._tokens[caption] = (out['input_ids'][0], out['attention_mask'][0])
         return self._tokens[caption]
 
+    @property
+    def replay_exact(self) -> bool:
+        "Whether a sample is the same whatever a loader worker loaded before it (`engine.replay_exact`)."
+        return self._keep_tensors  # a random transform draws from its worker's generator
+
     def __getitem__(self, i: int) -> dict:
-        i, epoch = int(i), self.epoch
-        if not self._keep_tensors: self._seed_worker(epoch)  # its transform draws random numbers
+        i = int(i)
+        if not self._keep_tensors: self._seed_worker(self.epoch)  # its transform draws random numbers
+        return self.sample(i, self._image(i) if self.has_images else None)
+
+    def sample(self, i: int, image: Optional[torch.Tensor] = None) -> dict:
+        """Example `i` in the batch format, with `image` (through the transform already) if given: a split of captions
+        and targets whose images come from elsewhere (`shards.ShardDataset`) makes its samples here too."""
+        epoch = self.epoch
         row = {k: v[i] for k, v in self._columns.items()}
         captions = row['captions']
         rng = random.Random(hash((self.seed, epoch, i)))
         pick = rng.randrange(len(captions)) if self.caption == 'random' else 0
         input_ids, attention_mask = self._tokenize(captions[pick])
         sample = {'input_ids': input_ids, 'attention_mask': attention_mask, 'caption': captions[pick]}
-        if self.has_images: sample['image'] = self._image(i)
+        if image is not None: sample['image'] = image
         if self.labelled: sample['label'] = row['label']
         if 'value' in row: sample['value'] = torch.tensor(row['value'], dtype=torch.float32)
         if self.tagnames is not None:
@@ -153,7 +165,11 @@ def collate(samples: list[dict]) -> dict:
 # %% ../nbs/01_data.ipynb #0372125c
 def make_loader(dataset: ImageTextDataset, batch_size: int, train: bool = False, num_workers: int = 0,
                 seed: int = 0) -> torch.utils.data.DataLoader:
-    "A DataLoader in the batch format; training loaders shuffle reproducibly and drop a last partial batch."
+    """A DataLoader in the batch format; training loaders shuffle reproducibly and drop a last partial batch. A stream
+    (an iterable dataset such as `ShardDataset`) orders, shuffles and shares itself out."""
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                                           pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
     g = torch.Generator().manual_seed(seed)
     # workers persist from epoch to epoch: no start-up each epoch; `set_epoch` reaches them through shared memory
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train,

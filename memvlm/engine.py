@@ -5,13 +5,16 @@
 # %% auto #0
 __all__ = ['resolve_device', 'process_device', 'autocast_context', 'to_device', 'rng_state', 'set_rng_state', 'with_prefix',
            'under_prefix', 'optimizer_state', 'load_optimizer_state', 'training_state', 'restore_training_state',
-           'write_checkpoint', 'read_checkpoint', 'find_checkpoint', 'resume_folder', 'CSVLogger', 'TensorBoardLogger',
-           'WandbLogger', 'make_loggers', 'distributed_world', 'gather_features', 'init_distributed',
-           'distributed_loader', 'wrap_ddp', 'all_finite', 'global_mean', 'torchrun_command', 'launch_distributed']
+           'write_checkpoint', 'read_checkpoint', 'find_checkpoint', 'resume_folder', 'order_generator',
+           'ReplayableBatches', 'replayable_loader', 'can_replay', 'replay_from', 'replay_exact', 'CSVLogger',
+           'TensorBoardLogger', 'WandbLogger', 'make_loggers', 'distributed_world', 'gather_features',
+           'init_distributed', 'distributed_loader', 'wrap_ddp', 'all_finite', 'global_mean', 'torchrun_command',
+           'launch_distributed']
 
 # %% ../nbs/08b_engine.ipynb #6d6163fc
 import contextlib
 import csv
+import itertools
 import json
 import os
 import random
@@ -148,18 +151,101 @@ def find_checkpoint(folder) -> Optional[Path]:
         if (f / 'model.safetensors').is_file() and (f / 'trainer_state.json').is_file(): return f
     return None
 
-def resume_folder(resume, output_dir=None) -> Optional[Path]:
+def _begun(folder: Path) -> bool:
+    "Whether a checkpoint was ever completed at `folder` (it, or the `.old` copy a swap leaves, exists)."
+    return folder.exists() or folder.with_name(folder.name + '.old').exists()
+
+def resume_folder(resume, output_dir=None, say=print) -> Optional[Path]:
     """The checkpoint the `resume` option names: None (start afresh: false, no, off, 0, empty), `output_dir/last`
-    (latest, true, yes, on, 1), or a folder or a file in it; an error if it holds no complete checkpoint."""
+    (latest, true, yes, on, 1), or a folder or a file in it. `latest` on a first run, before any checkpoint was
+    completed, starts afresh and `say`s so (one notebook cell serves the first run and every restart); a folder that
+    exists but holds no complete checkpoint, or one named by its path, is an error."""
     r = str(resume).strip()  # True and False from Python read as 'True' and 'False'
     if r.lower() in ('', 'false', 'no', 'off', '0'): return None
     latest = r.lower() in ('latest', 'true', 'yes', 'on', '1')
-    folder = (Path(output_dir) / 'last' if output_dir else None) if latest else Path(r)
-    if folder is not None and folder.is_file(): folder = folder.parent
-    found = find_checkpoint(folder) if folder is not None else None
+    if latest and not output_dir:
+        raise FileNotFoundError(f'resume={resume!r} looks for the last checkpoint in the output folder, but there is '
+                                'none')
+    folder = Path(output_dir) / 'last' if latest else Path(r)
+    if folder.is_file(): folder = folder.parent
+    found = find_checkpoint(folder)
+    if found is None and latest and not _begun(folder):
+        say(f'resume={r}: no checkpoint in {folder} yet, so training starts afresh')
+        return None
     if found is None:
         raise FileNotFoundError(f'resume={resume!r}, but there is no complete checkpoint in {folder} to resume from')
     return found
+
+# %% ../nbs/08b_engine.ipynb #dcd519e5
+def order_generator(batch_sampler) -> tuple[bool, Optional[torch.Generator]]:
+    """Whether the order `batch_sampler` draws can be drawn again, and the generator it is drawn from: a `RandomSampler`
+    with its own generator (as `make_loader` gives it), a `SequentialSampler` or a `DistributedSampler` can; a
+    `RandomSampler` that draws from torch's global generator, or a sampler unknown here, cannot."""
+    sampler = getattr(batch_sampler, 'sampler', None)
+    if isinstance(sampler, (torch.utils.data.SequentialSampler, torch.utils.data.DistributedSampler)): return True, None
+    if isinstance(sampler, torch.utils.data.RandomSampler): return sampler.generator is not None, sampler.generator
+    return False, None
+
+class ReplayableBatches(torch.utils.data.Sampler):
+    """A loader's batch sampler that can start an epoch in its middle: the same batches as `batches`, drawn alike. As
+    an epoch's order is drawn it keeps the state of the generator it comes from (`order_state`); `replay(state, skip)`
+    makes the next epoch draw it again from `state` and leave out its first `skip` batches (indices only: the samples
+    skipped are never loaded)."""
+    def __init__(self, batches):
+        self.batches, self.order_state, self._replay = batches, None, (None, 0)
+        self.replayable, self.generator = order_generator(batches)
+
+    @property
+    def sampler(self): return getattr(self.batches, 'sampler', None)
+    def __len__(self) -> int: return len(self.batches)
+
+    def replay(self, order_state: Optional[torch.Tensor], skip: int):
+        "Draw the next epoch's order from `order_state` (None: from the generator as it is), without its first `skip`."
+        if not self.replayable:
+            raise ValueError(f'the batch order of a {type(self.sampler).__name__} cannot be drawn again, so a run '
+                             'cannot resume in the middle of an epoch: give a RandomSampler its own generator '
+                             '(make_loader does), or checkpoint at epoch ends only')
+        self._replay = (order_state, skip)
+
+    def __iter__(self):  # a generator: its body runs when the first batch is asked for, as the sampler's own would
+        (order_state, skip), self._replay = self._replay, (None, 0)
+        if self.generator is not None:
+            if order_state is not None: self.generator.set_state(order_state)
+            self.order_state = self.generator.get_state()
+        yield from itertools.islice(self.batches, skip, None)
+
+def replayable_loader(loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+    """`loader` with its batch sampler in a `ReplayableBatches`; a loader over an iterable-style dataset (which keeps
+    its own position) as it is."""
+    if isinstance(loader.dataset, torch.utils.data.IterableDataset) or loader.batch_sampler is None \
+            or isinstance(loader.batch_sampler, ReplayableBatches): return loader
+    extra = {'in_order': loader.in_order} if hasattr(loader, 'in_order') else {}  # torch >= 2.6
+    return torch.utils.data.DataLoader(
+        loader.dataset, batch_sampler=ReplayableBatches(loader.batch_sampler), num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator, prefetch_factor=loader.prefetch_factor,
+        persistent_workers=loader.persistent_workers, **extra)
+
+def can_replay(loader) -> bool:
+    "Whether `loader` can start an epoch in its middle (`replay_from`)."
+    if isinstance(loader.dataset, torch.utils.data.IterableDataset): return hasattr(loader.dataset, 'skip_batches')
+    return isinstance(loader.batch_sampler, ReplayableBatches) and loader.batch_sampler.replayable
+
+def replay_from(loader, order_state: Optional[torch.Tensor], skip: int):
+    "Make `loader`'s next epoch start `skip` batches in, its order drawn from `order_state` (see `ReplayableBatches`)."
+    if not can_replay(loader):
+        raise ValueError(f'{type(loader.dataset).__name__} loader cannot start an epoch in its middle: a map-style '
+                         'loader needs replayable_loader and an order it can draw again, an iterable dataset '
+                         'skip_batches()')
+    if isinstance(loader.dataset, torch.utils.data.IterableDataset): loader.dataset.skip_batches(skip)
+    else: loader.batch_sampler.replay(order_state, skip)
+
+def replay_exact(loader) -> bool:
+    """Whether the samples of a replayed epoch are those of an uninterrupted run: with loader workers, a sample that
+    draws random numbers (a random transform) depends on what its worker loaded before, unless the dataset says it does
+    not (`replay_exact`); in the main process the checkpoint's random state covers it."""
+    return loader.num_workers == 0 or bool(getattr(loader.dataset, 'replay_exact', False))
 
 # %% ../nbs/08b_engine.ipynb #73b8663f
 class CSVLogger:
@@ -255,17 +341,22 @@ def init_distributed() -> tuple[int, int, int]:
 
 def distributed_loader(loader: torch.utils.data.DataLoader, rank: int, world: int,
                        seed: int = 0) -> torch.utils.data.DataLoader:
-    "This process's share of `loader`: a `DistributedSampler` (shuffled like `loader`), batch_size / world per batch."
+    """This process's share of `loader`: a `DistributedSampler` (shuffled like `loader`), batch_size / world per batch;
+    an iterable-style dataset shares itself out (its `for_process(rank, world, batch_size)`)."""
     if loader.batch_size % world:
         raise ValueError(f'batch_size={loader.batch_size} does not split over {world} processes: '
                          f'use a multiple of {world}')
+    common = dict(batch_size=loader.batch_size // world, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                  pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers)
+    if isinstance(loader.dataset, torch.utils.data.IterableDataset):
+        if not hasattr(loader.dataset, 'for_process'):
+            raise ValueError(f'{type(loader.dataset).__name__} is an iterable dataset without for_process(rank, world, '
+                             'batch_size): under DDP every process would read all of it')
+        return torch.utils.data.DataLoader(loader.dataset.for_process(rank, world, common['batch_size']), **common)
     shuffle = isinstance(loader.sampler, torch.utils.data.RandomSampler)
     sampler = torch.utils.data.DistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=shuffle,
                                                   seed=seed, drop_last=shuffle)
-    return torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size // world, sampler=sampler,
-                                       num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                                       drop_last=loader.drop_last, pin_memory=loader.pin_memory,
-                                       persistent_workers=loader.persistent_workers)
+    return torch.utils.data.DataLoader(loader.dataset, sampler=sampler, drop_last=loader.drop_last, **common)
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:
     "`model` in `DistributedDataParallel` when there are several processes (on its GPU if it has one), else itself."

@@ -21,7 +21,7 @@ from .tasks import TARGET_KEYS, monitored_score, task_parts
 from .config import (DataConfig, RunConfig, default_data_dir, get_config, resolve_output_dir, save_config,
                            seed_everything)
 from .data import (BatchAugment, CaptionTokenizer, HFCaptionTokenizer, ImageTextData, ImageTextDataset,
-                         ModalityDropout, answer_classes, dataset_from_config, make_loader)
+                         ModalityDropout, ShardDataset, answer_classes, dataset_from_config, make_loader)
 from .models import (Checkpoint, FusionModel, FusionModelConfig, MemoryCLIP, MemoryCLIPConfig, count_parameters,
                            create_model, list_models, load_checkpoint, model_config, model_transform, preprocessing)
 from .larimar import LarimarCaptioner, LarimarConfig
@@ -183,9 +183,16 @@ class _Loaders:
     batch_transform: Optional[BatchAugment] = None  # for the training batches, on the device
     train_eval: Optional[torch.utils.data.DataLoader] = None  # the training images as evaluated (a memory's base)
 
+def _streamed(run: Run, rows: ImageTextDataset) -> ShardDataset:
+    "The training samples of a run on shards: `rows` (the captions and targets) with the images streamed."
+    dc, tc = run.data_options, run.config.train
+    return ShardDataset(run.data.stream, rows, tc.batch_size, dc.num_workers, tc.seed, max_pixels=dc.max_image_pixels,
+                        max_skip_fraction=dc.max_skip_fraction)
+
 def _loaders(run: Run) -> _Loaders:
     """The run's loaders. With the `affine` augmentation (or none) the training images come as uint8, decoded and
-    resized once (`image_cache_mb`), and a `BatchAugment` augments and normalises each batch on the device."""
+    resized once (`image_cache_mb`), and a `BatchAugment` augments and normalises each batch on the device. From
+    shards, the training images are streamed (`ShardDataset`), and a memory's base looks at the first 4,096."""
     dc, tc, data, tok = run.data_options, run.config.train, run.data, run.tokenizer
     on_device = not dc.augment or dc.augmentation == 'affine'
     def transform(train: bool = False):
@@ -197,13 +204,15 @@ def _loaders(run: Run) -> _Loaders:
     task = 'vqa' if dc.task == 'vqa' else run.model.config.task if fusion else 'retrieval'
     dropout = ModalityDropout(dc.modality_dropout) if dc.modality_dropout else None
     train_ds = ImageTextDataset(data['train'], tok, transform(train=True), seed=tc.seed, task=task,
-                                modality_dropout=dropout, cache_mb=dc.image_cache_mb)
+                                modality_dropout=dropout, cache_mb=0 if data.stream else dc.image_cache_mb)
     answers = train_ds.answers if task == 'vqa' else None  # one answer index for every split
     def eval_loader(split: str):
-        ds = ImageTextDataset(data[split], tok, transform(), caption='first', task=task, answers=answers,
+        rows = data.stream.with_images(data['train']) if split == 'train' and data.stream else data[split]
+        ds = ImageTextDataset(rows, tok, transform(), caption='first', task=task, answers=answers,
                               cache_mb=dc.image_cache_mb)
         return make_loader(ds, tc.batch_size, num_workers=dc.num_workers)
-    train = make_loader(train_ds, tc.batch_size, train=True, num_workers=dc.num_workers, seed=tc.seed)
+    train = make_loader(_streamed(run, train_ds) if data.stream else train_ds, tc.batch_size, train=True,
+                        num_workers=dc.num_workers, seed=tc.seed)
     # a memory's base statistics (MemoryCLIP's prior, the captioner's scope) come from the training images as evaluated
     train_eval = eval_loader('train') if isinstance(run.model, (MemoryCLIP, LarimarCaptioner)) else None
     return _Loaders(task, train, eval_loader('validation'), eval_loader('test'), answers, batch_transform, train_eval)

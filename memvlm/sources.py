@@ -23,6 +23,7 @@ import numpy as np
 
 from .images import BadImageError, SkipLog, download_images, open_image, resolve_in_root
 from .bundled import ImageTextData, load_digits_captions, load_shapes_attributes, load_shapes_captions, split_indices
+from .shards import is_shard_pattern, load_shards
 
 # %% ../nbs/01c_sources.ipynb #4c96982e
 _log = logging.getLogger('memvlm.data')  # every data chapter logs as memvlm.data, the module that gathers them
@@ -434,6 +435,8 @@ def load_local(path, columns: Columns = Columns(), template: str = 'a photo of a
                cache_dir=None, **build) -> ImageTextData:
     "A local dataset of any supported format, recognised by what `path` is and holds."
     path = Path(path)
+    if path.suffix in ('.tar', '.txt') or (path.is_dir() and any(path.glob('*.tar'))):  # shards, or a list of them
+        return load_shards(path, seed=seed, **build)
     if path.is_file():
         if path.suffix.lower() in TABLE_SUFFIXES: return load_table(path, columns, seed, cache_dir, **build)
         raise ValueError(f'{path}: unsupported file type {path.suffix!r}; accepted: {", ".join(TABLE_SUFFIXES)}')
@@ -452,8 +455,8 @@ def get_dataset(name_or_path: str, split: Optional[str] = None, *, data_dir=None
                 columns: Columns = Columns(), caption_template: str = 'a photo of a {name}', streaming: bool = False,
                 max_samples: int = 0, cache_dir=None, max_skip_fraction: float = 0.05, max_pixels: int = 100_000_000,
                 seed: int = 0):
-    """The one entry point: a registered name, a hub preset or `hf:ID`, a local path, or a Kaggle input; one split if
-    `split` is given."""
+    """The one entry point: a registered name, a hub preset or `hf:ID`, webdataset shards (`load_shards`), a local path,
+    or a Kaggle input; one split if `split` is given."""
     build = dict(max_skip_fraction=max_skip_fraction, max_pixels=max_pixels)
     if name_or_path in DATASETS: data = DATASETS[name_or_path](seed=seed)
     elif name_or_path in HUB_PRESETS or name_or_path.startswith('hf:'):
@@ -462,6 +465,7 @@ def get_dataset(name_or_path: str, split: Optional[str] = None, *, data_dir=None
         keys = {k: v for k, v in vars(columns).items() if v}  # what the caller named wins over the preset
         data = load_hub_dataset(hub, Columns(**{**preset, **keys}), config, None, streaming, max_samples, cache_dir,
                                 seed, text_only, **build)
+    elif is_shard_pattern(name_or_path): data = load_shards(name_or_path, data_dir, seed, **build)
     else:
         candidates = [Path(name_or_path)] + ([Path(data_dir) / name_or_path] if data_dir else [])
         path = next((p for p in candidates if p.exists()), None) or find_kaggle_input(name_or_path, kaggle_root)

@@ -31,10 +31,10 @@ from .encoders import freeze
 from .lora import lora_spec
 from .losses import create_loss
 from .double_loop import DoubleLoop
-from .engine import (all_finite, autocast_context, distributed_loader, find_checkpoint, gather_features,
-                           global_mean, init_distributed, make_loggers, process_device, read_checkpoint,
-                           restore_training_state, resume_folder, to_device, training_state, under_prefix,
-                           wrap_ddp, write_checkpoint)
+from .engine import (all_finite, autocast_context, can_replay, distributed_loader, find_checkpoint,
+                           gather_features, global_mean, init_distributed, make_loggers, process_device,
+                           read_checkpoint, replay_exact, replay_from, replayable_loader, restore_training_state,
+                           resume_folder, to_device, training_state, under_prefix, wrap_ddp, write_checkpoint)
 
 # %% ../nbs/09_training.ipynb #fba831a5
 _BLOCK = re.compile(r'^(.*?)\.(?:resblocks|blocks)\.(\d+)\.')  # a tower's block i: `<tower>.blocks.<i>.`
@@ -227,13 +227,20 @@ def mean_loss(model: nn.Module, loss_fn: Callable, loader, device, precision: st
         total, n = total + loss.item() * len(batch['image']), n + len(batch['image'])
     return total / max(n, 1)
 
-def epoch_batches(loader, epoch: int, epochs: int, progress: bool = True):
-    "`loader`'s batches of `epoch` (the data order depends on the epoch, for an exact resume), behind a progress bar."
+def epoch_batches(loader, epoch: int, epochs: int, progress: bool = True, skip: int = 0,
+                  order_state: Optional[torch.Tensor] = None, keep_rng: bool = False):
+    """`loader`'s batches of `epoch` (the data order depends on the epoch, for an exact resume), behind a progress bar.
+    A resumed epoch starts `skip` batches in, its order drawn again from `order_state` (`engine.replay_from`); with
+    `keep_rng` starting the loader draws nothing from torch's global generator (the uninterrupted run drew that before
+    the checkpoint whose random state the resumed run has)."""
     if hasattr(loader.dataset, 'set_epoch'): loader.dataset.set_epoch(epoch)
-    if isinstance(getattr(loader, 'sampler', None), torch.utils.data.DistributedSampler):
-        loader.sampler.set_epoch(epoch)
-    return tqdm(loader, desc=f'epoch {epoch + 1}/{epochs}', leave=False, disable=not progress,
-                mininterval=0.1 if sys.stderr.isatty() else 30)  # a log file or `!memvlm train`: a line every 30 s
+    # the batch sampler's sampler: the one in use (a loader built around a batch sampler has a stand-in `sampler`)
+    sampler = getattr(getattr(loader, 'batch_sampler', None), 'sampler', getattr(loader, 'sampler', None))
+    if isinstance(sampler, torch.utils.data.DistributedSampler): sampler.set_epoch(epoch)
+    if skip or order_state is not None: replay_from(loader, order_state, skip)
+    with torch.random.fork_rng(devices=[]) if keep_rng else nullcontext(): batches = iter(loader)
+    return tqdm(batches, total=len(loader), initial=skip, desc=f'epoch {epoch + 1}/{epochs}', leave=False,
+                disable=not progress, mininterval=0.1 if sys.stderr.isatty() else 30)  # a log file: a line every 30 s
 
 # %% ../nbs/09_training.ipynb #87646f8e
 class TrainerBookkeeping:
@@ -252,7 +259,11 @@ class TrainerBookkeeping:
         self.schedule = LRSchedule(make_scheduler(self.optimizer, c, total, mode))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.precision == 'fp16')
         self.ddp_model = wrap_ddp(self.model, self.device, self.world)
-        found = resume_folder(c.resume, self.output_dir)
+        if (c.checkpoint_every_minutes or c.checkpoint_every_steps) and not can_replay(self.train_loader):
+            raise ValueError('checkpoint_every_minutes/checkpoint_every_steps write checkpoints in the middle of '
+                             f'epochs, but a {type(self.train_loader.dataset).__name__} loader cannot start an epoch '
+                             'in its middle (engine.can_replay): use make_loader, or checkpoint at epoch ends only')
+        found = resume_folder(c.resume, self.output_dir, say=self._say)
         if found is not None: self._resume(found)
         self.schedule.step(self.step, self.lr_scale)
 
@@ -262,23 +273,77 @@ class TrainerBookkeeping:
         return parts | {f'callback.{type(cb).__name__}': cb for cb in self.callbacks if hasattr(cb, 'state_dict')}
 
     def save(self, name: str, record: dict) -> Optional[Path]:
-        "Write checkpoint folder `output_dir/name` (model + training state) atomically; main process only."
+        """Write checkpoint folder `output_dir/name` atomically: model, training state and the position in the data
+        (at an epoch end: the next epoch's start); main process only."""
+        self._saved_at = time.monotonic()
         if not (self.output_dir and self.is_main): return None
         info = {**{k: getattr(self, k) for k in self._COUNTERS}, 'monitor': self.monitor, 'history': self.history,
-                'plateau': self.schedule.state_dict(), 'config': asdict(self.config)}
+                'plateau': self.schedule.state_dict(), 'config': asdict(self.config), 'position': self._position()}
         tensors, info = training_state(self.optimizer, self.scaler, self._generator(), self._parts(), info)
+        order = getattr(self.train_loader.batch_sampler, 'order_state', None)  # this epoch's, to draw it again
+        if self.batches_done and order is not None: tensors['data.order_state'] = order
         return write_checkpoint(self.output_dir / name, self.model, tensors, info, self.tokenizer,
                                 {**self.metadata, **record})
 
+    def _position(self) -> dict:
+        """Where the run is in its data: the current epoch's batches trained on and their losses (for the epoch's
+        record), the epoch's length, the dataset's own position if it keeps one, the seconds spent."""
+        dataset = self.train_loader.dataset
+        own = dataset.position_state() if hasattr(dataset, 'position_state') else None
+        return {'batches': self.batches_done, 'losses': list(self._epoch_losses),
+                'epoch_batches': len(self.train_loader), 'dataset': own, 'seconds': time.time() - self._start}
+
     def _resume(self, folder: Path):
-        "Continue from checkpoint `folder`: its weights and the whole training state."
+        "Continue from checkpoint `folder`: its weights, the whole training state and the position in the data."
         tensors, info = read_checkpoint(folder, self.model, self.device)
         if 'loss' in self._parts() and not under_prefix(tensors, 'loss.'):  # its name before memvlm 0.1.0
             tensors |= {f'loss.{k}': v for k, v in under_prefix(tensors, 'step_fn.').items()}
         self.schedule.load_state_dict(info['plateau'])
         for k in (*self._COUNTERS, 'history'): setattr(self, k, info[k])
+        self._resume_position(info.get('position') or {})  # checkpoints before memvlm 0.1.1 have none: an epoch end
         restore_training_state(tensors, info, self.optimizer, self.scaler, self._generator(), self._parts())
-        self.resumed = True
+        self.resumed, self._replay = True, self._replay_plan(tensors)
+        n = len(self.train_loader)
+        where = f'{self.batches_done} of {n} batches into' if self.batches_done else 'at the start of'
+        self._say(f'resumed from {folder}: step {self.step}, {where} epoch {self.epoch + 1}')
+        if self.batches_done and not replay_exact(self.train_loader):
+            self._say('note: this epoch goes on with the same batches, but samples that loader workers transform at '
+                      'random draw other numbers than an uninterrupted run (num_workers=0, or augmentation on the '
+                      'device, is exact)')
+
+    def _resume_position(self, position: dict):
+        "The current epoch's batches trained on and their losses, checked against this run's loader."
+        batches, dataset = position.get('batches', 0), self.train_loader.dataset
+        if batches and position.get('epoch_batches') != len(self.train_loader):
+            raise ValueError(f"the checkpoint stopped {batches} batches into an epoch of "
+                             f"{position.get('epoch_batches')}, but this run's epoch has {len(self.train_loader)} "
+                             'batches: resume with the same data, batch_size and number of processes')
+        if batches and hasattr(dataset, 'check_position'): dataset.check_position(position.get('dataset'))
+        self.batches_done, self._epoch_losses = batches, list(position.get('losses', []))
+        self._elapsed = position.get('seconds')
+
+    def _replay_plan(self, tensors: dict) -> tuple[Optional[torch.Tensor], bool]:
+        """How the first epoch after a resume starts its loader, as (order state, keep_rng) for `epoch_batches`. In the
+        middle of an epoch: its order drawn again from the state noted when it was drawn, and torch's global generator
+        left alone (the uninterrupted run started its loader before the checkpoint). At an epoch end the same, if the
+        loader keeps its workers (an uninterrupted run reuses its iterator and draws no seed for it); else as it is."""
+        loader, mid = self.train_loader, self.batches_done > 0
+        if not (mid or (loader.num_workers > 0 and loader.persistent_workers)): return None, False
+        generator = getattr(loader.batch_sampler, 'generator', None)  # what a ReplayableBatches draws the order from
+        if generator is None: return None, True
+        order = tensors.get('data.order_state') if mid else generator.get_state()
+        if order is None: raise ValueError('the checkpoint stopped in an epoch but holds no state of its data order')
+        return order, True
+
+    def _checkpoint_due(self) -> bool:
+        """Whether to write `last/` now, in an epoch: every `checkpoint_every_steps` optimiser steps, and once
+        `checkpoint_every_minutes` passed since the last checkpoint."""
+        c = self.config
+        if c.checkpoint_every_steps and self.step % c.checkpoint_every_steps == 0: return True
+        return c.checkpoint_every_minutes > 0 and time.monotonic() - self._saved_at >= 60 * c.checkpoint_every_minutes
+
+    def _say(self, text: str):
+        if self.is_main: tqdm.write(text)
 
     def _finish_best(self):
         """Let `prepare_best` complete the best epoch's model (e.g. fit a memory's base statistics on it), then write
@@ -353,13 +418,17 @@ class Trainer(TrainerBookkeeping):
             self.model, c.contrastive_loss, c.task_weighting, c.classification_loss, c.focal_gamma, gather_features)
         if isinstance(self.loss_fn, nn.Module): self.loss_fn.to(self.device)
         if self.world > 1: train_loader = distributed_loader(train_loader, self.rank, self.world, c.seed)
-        self.train_loader, self.val_loader = train_loader, val_loader
+        # the same batches, and an epoch that can start in its middle (a resume from a mid-epoch checkpoint)
+        self.train_loader, self.val_loader = replayable_loader(train_loader), val_loader
         loggers = make_loggers(self.output_dir, c.logger, asdict(c)) if self.is_main else []
         controller = [DoubleLoop(c.double_loop_interval, seed=c.seed)] if c.double_loop else []
         self.callbacks = [*loggers, *callbacks, *controller]
         self.history: list[dict] = []
         self.best, self.epochs_since_best, self.step, self.epoch, self.bad_steps = None, 0, 0, 0, 0
         self.lr_scale, self.should_stop, self.resumed, self.skipped_steps = 1.0, False, False, 0
+        # the position in the current epoch: micro-batches trained on, their losses; how a resume starts its loader
+        self.batches_done, self._epoch_losses, self._replay, self._elapsed = 0, [], (None, False), None
+        self._start, self._saved_at = time.time(), time.monotonic()
 
     def _callback(self, hook: str, *args):
         for cb in self.callbacks:
@@ -371,7 +440,8 @@ class Trainer(TrainerBookkeeping):
         "Train `config.epochs` epochs (from the checkpoint `config.resume` names, if any); returns a record per epoch."
         self._setup()
         self._callback('on_fit_start')
-        start = time.time() - (self.history[-1]['seconds'] if self.history else 0.0)
+        spent = self._elapsed if self._elapsed is not None else self.history[-1]['seconds'] if self.history else 0.0
+        start = self._start = time.time() - spent
         while self.epoch < self.config.epochs and not self.should_stop:
             record = self._run_epoch(start)
             self.history.append(record)
@@ -393,16 +463,22 @@ class Trainer(TrainerBookkeeping):
         record (train loss, the last step's logs, validation)."""
         n, size = len(self.train_loader), self.config.accumulation_steps
         self.ddp_model.train()
-        batches = epoch_batches(self.train_loader, self.epoch, self.config.epochs, self.progress)
-        losses, micro = [], iter(batches)
-        for first in range(0, n, size):
+        skip, losses = self.batches_done, self._epoch_losses  # after a mid-epoch resume: what was trained on before
+        (order, keep_rng), self._replay = self._replay, (None, False)
+        batches = epoch_batches(self.train_loader, self.epoch, self.config.epochs, self.progress, skip, order, keep_rng)
+        micro = iter(batches)
+        for first in range(skip, n, size):
             record = self.optimizer_step(itertools.islice(micro, size), min(size, n - first))
             if not record['skipped']: losses.append(record['loss'])
+            self.batches_done = min(first + size, n)
             if self.progress:  # the bar redraws at its own pace
                 batches.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", refresh=False)
+            if self.batches_done < n and self._checkpoint_due():  # the epoch's last step: the epoch-end checkpoint
+                self.save('last', {'epoch': self.epoch + 1, 'step': self.step, 'in_epoch': True})
         # run the loader to its end: its sampler draws from the loader's generator there, and the next epoch's order
         # (as a resumed run replays it) depends on that
         if next(micro, None) is not None: raise RuntimeError('the training loader yielded more batches than its length')
+        self.batches_done, self._epoch_losses = 0, []
         return self._epoch_record(losses, {k: v for k, v in record.items() if k not in _STEP_KEYS}, start)
 
     def optimizer_step(self, micro_batches, n: int) -> dict:

@@ -68,6 +68,22 @@ def test_bad_flag_and_yaml_key(memvlm_cli, tmp_path):
     assert r.returncode == 2 and "unknown option 'train.epochz'" in r.stderr
 
 
+def test_shards_of_the_shipped_sample_then_train_from_them(memvlm_cli, tmp_path):
+    "Issue 28's acceptance, as from a fresh clone: `memvlm shards` of data/sample, then `memvlm train` on the brace pattern."
+    import shutil
+    shutil.copytree(ROOT / 'data', tmp_path / 'data')
+    r = memvlm_cli('shards', '--dataset', 'data/sample/captions.csv', '--output', 'shards', '--shard-size', '16')
+    assert r.returncode == 0, r.stderr
+    assert "60 examples of captions (train 42, validation 6, test 12) in 4 shards of up to 16: shards/{000000..000003}.tar" in r.stdout
+    r = memvlm_cli('train', '--dataset', 'shards/{000000..000003}.tar', '--epochs', '2', *TINY)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / 'runs' / 'memclip-tiny-shards' / 'metrics.json').read_text())
+    assert [h['epoch'] for h in metrics['history']] == [1, 2] and metrics['dataset'] == 'captions'
+    assert 'train images streamed from shards' in r.stdout and 'test split of captions' in r.stdout
+    r = memvlm_cli('shards', '--dataset', 'data/sample/captions.csv', '--output', 'shards')
+    assert r.returncode == 2 and 'holds shards already' in r.stderr and 'Traceback' not in r.stderr
+
+
 def test_trains_on_the_shipped_csv_sample(memvlm_cli, tmp_path):
     r = memvlm_cli('train', '--dataset', str(ROOT / 'data' / 'sample' / 'captions.csv'), '--epochs', '1',
                    '--batch-size', '16', '--output-dir', 'csv', *TINY)

@@ -117,11 +117,23 @@ def test_resume_takes_latest_or_a_checkpoint_path(tmp_path):
     assert update_config(RunConfig(), {'train': {'resume': True}}).train.resume == 'true'  # YAML's `resume: true`
 
 
-def test_resume_without_checkpoint_fails(tmp_path):
-    with pytest.raises(FileNotFoundError, match='no complete checkpoint'):
-        _clip_run(tmp_path / 'empty', resume=True)
+def test_resume_latest_on_a_first_run_starts_afresh_and_says_so(tmp_path, capsys):
+    "`latest` with no checkpoint yet: a first run (one notebook cell for the first start and every restart), said in a line."
+    straight, _ = _clip_run(tmp_path / 'a')
+    first, trainer = _clip_run(tmp_path / 'empty', resume=True)
+    assert not trainer.resumed and [r['epoch'] for r in trainer.history] == [1, 2]
+    assert f"resume=True: no checkpoint in {tmp_path / 'empty' / 'last'} yet, so training starts afresh" in capsys.readouterr().out
+    for (name, p), q in zip(straight.named_parameters(), first.parameters()): assert torch.equal(p, q), name
+
+
+def test_resume_from_a_missing_or_broken_checkpoint_fails(tmp_path):
+    "A folder named by path must hold a checkpoint; a `last/` that exists but is incomplete is not a first run either."
     with pytest.raises(FileNotFoundError, match='no complete checkpoint'):
         _clip_run(tmp_path / 'empty', resume=str(tmp_path / 'nowhere'))
+    (tmp_path / 'broken' / 'last').mkdir(parents=True)
+    (tmp_path / 'broken' / 'last' / 'trainer_state.json').write_text('{}')  # its weights never written
+    with pytest.raises(FileNotFoundError, match='no complete checkpoint'):
+        _clip_run(tmp_path / 'broken', resume='latest')
 
 
 def test_ddp_two_processes_match_one(tmp_path):
