@@ -10,6 +10,13 @@ import memvlm.models  # noqa: F401  the library's registry, every family in it, 
 from memvlm import registry
 from memvlm.encoders import open_clip_towers_supported
 
+LIBRARY_REGISTRY = dict(registry.ARCHITECTURES), dict(registry.MODEL_CONFIGS)  # what importing memvlm.models registers
+
+
+def _put_back(tables: tuple):
+    for table, before in zip((registry.ARCHITECTURES, registry.MODEL_CONFIGS), tables): table.clear(); table.update(before)
+
+
 NBS = Path(__file__).resolve().parent.parent / 'nbs'
 # the quick start runs in tests/test_kaggle.py, top to bottom in a Kaggle-like image: not twice
 NOTEBOOKS = sorted(p for p in NBS.rglob('*.ipynb') if not any(part.startswith(('.', '_')) for part in p.relative_to(NBS).parts)
@@ -23,9 +30,10 @@ def test_notebook(notebook, monkeypatch):
     if not open_clip_towers_supported(): skip_flags.append('open_clip_towers')  # cells that build open_clip towers need open_clip >= 3.1
     if importlib.util.find_spec('transformers') is None: skip_flags.append('transformers')  # optional: seed 000's towers
     # a chapter run in this process registers its own copies of the architectures (07_models defines MemoryCLIP anew):
-    # the library's registry is put back afterwards, so later tests build the library's classes
+    # it starts from the library's registry alone (not from models other test modules registered, whose configs are
+    # the library's classes), and the registry as it was is put back afterwards
     saved = dict(registry.ARCHITECTURES), dict(registry.MODEL_CONFIGS)
+    _put_back(LIBRARY_REGISTRY)
     try: ok, _ = run_notebook(notebook, skip_flags=skip_flags, showerr=True)
-    finally:
-        for table, before in zip((registry.ARCHITECTURES, registry.MODEL_CONFIGS), saved): table.clear(); table.update(before)
+    finally: _put_back(saved)
     assert ok, f'{notebook.name} failed; the traceback is printed above'
