@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 NEW, OLD = list(range(5, 10)), list(range(5))
 # every baseline is a learner of memvlm.fewshot (the library's one implementation, also behind `memvlm fewshot`)

@@ -11,7 +11,7 @@ __all__ = ['IMAGENET_TEMPLATES', 'PROTOCOL', 'PUBLISHED', 'PUBLISHED_INCREMENTAL
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 

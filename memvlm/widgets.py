@@ -259,9 +259,6 @@ class EpisodeInspector:
     def _caption(self, item: int) -> Optional[str]:
         return self.tokenizer.decode(self.model.stored_ids[item:item + 1].cpu())[0] if item >= 0 else None
 
-    def _caption(self, item: int) -> Optional[str]:
-        return self.tokenizer.decode(self.model.stored_ids[item:item + 1].cpu())[0] if item >= 0 else None
-
     def show_recall(self):
         "Render the selected query's recall into `output`."
         if self.queries is None or not len(self.queries): self.output.value = '<i>give query images</i>'; return
