@@ -31,8 +31,8 @@ class ImageTextData:
     class_prompts: Optional[list[list[str]]] = None  # per class, the prompts whose mean text embedding stands for it
     skips: Optional[object] = None  # a `SkipLog`: what loading left out, and why
     tagnames: Optional[list[str]] = None  # multi-label tag names, index = the indices in a row's `tags`
-    # read from shards: the training images, streamed as training goes (a `shards.ShardStream`); `train` then holds
-    # the training examples' captions and targets only
+    # streamed: the training examples, read as training goes (a `shards.ShardStream`, whose `train` split holds their
+    # captions and targets; a `streams.HubStream`, whose `train` split holds the first ones)
     stream: Optional[object] = None
 
     def __getitem__(self, split: str) -> datasets.Dataset: return self.splits[split]
@@ -40,7 +40,7 @@ class ImageTextData:
     def labelled(self) -> bool: return self.classnames is not None
     def __repr__(self):
         sizes = ', '.join(f'{k}: {len(v)}' for k, v in self.splits.items())
-        streamed = ', train images streamed from shards' if self.stream is not None else ''
+        streamed = f', train streamed: {self.stream!r}' if self.stream is not None else ''
         return (f'ImageTextData({self.name!r}, {sizes}, classes: {len(self.classnames) if self.labelled else None}'
                 f'{streamed})')
 

@@ -96,8 +96,8 @@ class DataConfig:
         "and logged) before loading fails.", min=0.0, max=1.0)
     max_samples: int = option(0, "Use at most this many examples (streamed sets, URL downloads); 0: all.", min=0)
     streaming: bool = option(
-        False, "Stream hub datasets instead of downloading them whole (for sets larger than the disk); the first "
-        "max_samples examples are taken.")
+        False, "Stream hub datasets instead of downloading them whole (for sets larger than the disk): every training "
+        "example, or the first max_samples, read as training goes (needs vocab full and torchdata; see Streams).")
     cache_dir: str = option(
         '', "Where hub datasets and downloaded images are cached; empty: the Hugging Face default and "
         "`~/.cache/memvlm/images`.")

@@ -13,16 +13,17 @@ import datasets
 import numpy as np
 import torch
 
-from . import bundled, images, shards, sources, tokenizer, transforms
+from . import bundled, images, shards, sources, streams, tokenizer, transforms
 from .tasks import TARGET_KEYS, task_parts
 from .images import *
 from .bundled import *
 from .shards import *
+from .streams import *
 from .sources import *
 from .tokenizer import *
 from .transforms import *
 
-__all__ += [n for m in (images, bundled, shards, sources, tokenizer, transforms) for n in m.__all__]  # for `import *`
+__all__ += [n for m in (images, bundled, shards, streams, sources, tokenizer, transforms) for n in m.__all__]  # for `import *`
 
 # %% ../nbs/01_data.ipynb #7d6ef216
 def answer_classes(split: datasets.Dataset) -> list[str]:
@@ -107,11 +108,13 @@ class ImageTextDataset(torch.utils.data.Dataset):
         if i >= len(self._images): return self.transform(open_image(self._encoded[i]['image'], draft=self._draft))
         return self._images[i] if self._keep_tensors else self.transform(self._images[i])
 
-    def _tokenize(self, caption: str):
-        if caption not in self._tokens:
-            out = self.tokenizer([caption])
-            self._tokens[caption] = (out['input_ids'][0], out['attention_mask'][0])
-        return self._tokens[caption]
+    def _tokenize(self, caption: str, remember: bool = True):
+        "A caption's token ids and mask; kept for the next epoch with `remember` (a stream's captions are not)."
+        if caption in self._tokens: return self._tokens[caption]
+        out = self.tokenizer([caption])
+        ids = (out['input_ids'][0], out['attention_mask'][0])
+        if remember: self._tokens[caption] = ids
+        return ids
 
     @property
     def replay_exact(self) -> bool:
@@ -126,12 +129,15 @@ class ImageTextDataset(torch.utils.data.Dataset):
     def sample(self, i: int, image: Optional[torch.Tensor] = None) -> dict:
         """Example `i` in the batch format, with `image` (through the transform already) if given: a split of captions
         and targets whose images come from elsewhere (`shards.ShardDataset`) makes its samples here too."""
-        epoch = self.epoch
-        row = {k: v[i] for k, v in self._columns.items()}
-        captions = row['captions']
+        return self.sample_of({k: v[i] for k, v in self._columns.items()}, i, image)
+
+    def sample_of(self, row: dict, i: int, image: Optional[torch.Tensor] = None, remember: bool = True) -> dict:
+        """`row` (this split's columns, as a stream reads them: `streams.StreamDataset`) in the batch format; `i` seeds
+        its caption pick and modality dropout; `remember` keeps its caption's tokens."""
+        captions, epoch = row['captions'], self.epoch
         rng = random.Random(hash((self.seed, epoch, i)))
         pick = rng.randrange(len(captions)) if self.caption == 'random' else 0
-        input_ids, attention_mask = self._tokenize(captions[pick])
+        input_ids, attention_mask = self._tokenize(captions[pick], remember)
         sample = {'input_ids': input_ids, 'attention_mask': attention_mask, 'caption': captions[pick]}
         if image is not None: sample['image'] = image
         if self.labelled: sample['label'] = row['label']
@@ -166,10 +172,14 @@ def collate(samples: list[dict]) -> dict:
 def make_loader(dataset: ImageTextDataset, batch_size: int, train: bool = False, num_workers: int = 0,
                 seed: int = 0) -> torch.utils.data.DataLoader:
     """A DataLoader in the batch format; training loaders shuffle reproducibly and drop a last partial batch. A stream
-    (an iterable dataset such as `ShardDataset`) orders, shuffles and shares itself out."""
+    (an iterable dataset such as `ShardDataset`) orders, shuffles and shares itself out; one that keeps its position
+    in `state_dict` (`streams.StreamDataset`) gets torchdata's `StatefulDataLoader`, which gathers it from the workers
+    for a checkpoint."""
     if isinstance(dataset, torch.utils.data.IterableDataset):
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                                           pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+        common = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+        if getattr(dataset, 'stateful', False): return stateful_loader(dataset, **common)
+        return torch.utils.data.DataLoader(dataset, **common)
     g = torch.Generator().manual_seed(seed)
     # workers persist from epoch to epoch: no start-up each epoch; `set_epoch` reaches them through shared memory
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train,

@@ -229,15 +229,18 @@ def replayable_loader(loader: torch.utils.data.DataLoader) -> torch.utils.data.D
 
 def can_replay(loader) -> bool:
     "Whether `loader` can start an epoch in its middle (`replay_from`)."
+    if getattr(loader.dataset, 'stateful', False): return hasattr(loader, 'load_state_dict')  # a StatefulDataLoader
     if isinstance(loader.dataset, torch.utils.data.IterableDataset): return hasattr(loader.dataset, 'skip_batches')
     return isinstance(loader.batch_sampler, ReplayableBatches) and loader.batch_sampler.replayable
 
 def replay_from(loader, order_state: Optional[torch.Tensor], skip: int):
-    "Make `loader`'s next epoch start `skip` batches in, its order drawn from `order_state` (see `ReplayableBatches`)."
+    """Make `loader`'s next epoch start `skip` batches in, its order drawn from `order_state` (see `ReplayableBatches`);
+    a stateful loader (a stream's) starts where the `state_dict` it was given says."""
     if not can_replay(loader):
         raise ValueError(f'{type(loader.dataset).__name__} loader cannot start an epoch in its middle: a map-style '
                          'loader needs replayable_loader and an order it can draw again, an iterable dataset '
                          'skip_batches()')
+    if getattr(loader.dataset, 'stateful', False): return
     if isinstance(loader.dataset, torch.utils.data.IterableDataset): loader.dataset.skip_batches(skip)
     else: loader.batch_sampler.replay(order_state, skip)
 

@@ -21,7 +21,7 @@ from .tasks import TARGET_KEYS, monitored_score, task_parts
 from .config import (DataConfig, RunConfig, default_data_dir, get_config, resolve_output_dir, save_config,
                            seed_everything)
 from .data import (BatchAugment, CaptionTokenizer, HFCaptionTokenizer, ImageTextData, ImageTextDataset,
-                         ModalityDropout, ShardDataset, answer_classes, dataset_from_config, make_loader)
+                         HubStream, ModalityDropout, ShardDataset, StreamDataset, answer_classes, dataset_from_config, make_loader)
 from .models import (Checkpoint, FusionModel, FusionModelConfig, MemoryCLIP, MemoryCLIPConfig, count_parameters,
                            create_model, list_models, load_checkpoint, model_config, model_transform, preprocessing)
 from .larimar import LarimarCaptioner, LarimarConfig
@@ -144,6 +144,9 @@ def prepare_run(cfg: RunConfig) -> Run:
     texts = [c for caps in data['train']['captions'] for c in caps]
     texts += [p for ps in (data.class_prompts or []) for p in ps]
     tokenizer = _tokenizer(arch, texts, cfg.data.vocab)
+    if isinstance(data.stream, HubStream) and tokenizer.token_ids is not None:  # a compact vocabulary of some captions
+        raise ValueError('vocab=compact keeps the tokens of every training caption, but a streamed set is read as '
+                         'training goes: set vocab: full (MEMVLM_VOCAB=full, --vocab full)')
     model = create_model(replace(arch, vocab_size=tokenizer.vocab_size))
     lora_options(model, cfg.train)  # LoRA options that cannot apply to this model fail here, before training
     _check_space(output_dir, model)
@@ -183,16 +186,19 @@ class _Loaders:
     batch_transform: Optional[BatchAugment] = None  # for the training batches, on the device
     train_eval: Optional[torch.utils.data.DataLoader] = None  # the training images as evaluated (a memory's base)
 
-def _streamed(run: Run, rows: ImageTextDataset) -> ShardDataset:
-    "The training samples of a run on shards: `rows` (the captions and targets) with the images streamed."
+def _streamed(run: Run, rows: ImageTextDataset):
+    """The training samples of a run on shards (`rows`: the captions and targets, the images streamed) or on a streamed
+    hub set (`rows`: its first examples; all of them streamed)."""
     dc, tc = run.data_options, run.config.train
-    return ShardDataset(run.data.stream, rows, tc.batch_size, dc.num_workers, tc.seed, max_pixels=dc.max_image_pixels,
-                        max_skip_fraction=dc.max_skip_fraction)
+    kind = StreamDataset if isinstance(run.data.stream, HubStream) else ShardDataset
+    return kind(run.data.stream, rows, tc.batch_size, dc.num_workers, tc.seed, max_pixels=dc.max_image_pixels,
+                max_skip_fraction=dc.max_skip_fraction)
 
 def _loaders(run: Run) -> _Loaders:
     """The run's loaders. With the `affine` augmentation (or none) the training images come as uint8, decoded and
     resized once (`image_cache_mb`), and a `BatchAugment` augments and normalises each batch on the device. From
-    shards, the training images are streamed (`ShardDataset`), and a memory's base looks at the first 4,096."""
+    shards, the training images are streamed (`ShardDataset`), and a memory's base looks at the first 4,096; from a
+    streamed hub set, every training example (`StreamDataset`), and a memory's base looks at the first 1,024."""
     dc, tc, data, tok = run.data_options, run.config.train, run.data, run.tokenizer
     on_device = not dc.augment or dc.augmentation == 'affine'
     def transform(train: bool = False):

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['IMAGE_MEMBERS', 'MANIFEST', 'HELD_OUT_MAX', 'write_shards', 'is_shard_pattern', 'shard_urls', 'read_index',
            'assign_splits', 'ShardStream', 'load_shards', 'epoch_batches_of', 'epoch_plan', 'batches_done_by_worker',
-           'shuffle_buffer', 'ShardDataset']
+           'shuffle_buffer', 'check_same_reading', 'seeded', 'ShardDataset']
 
 # %% ../nbs/01f_shards.ipynb #762ab917
 import contextlib
@@ -431,8 +431,17 @@ def shuffle_buffer(items: Iterator, size: int, rng: random.Random) -> Iterator:
         k = rng.randrange(size); yield buf[k]; buf[k] = x
     rng.shuffle(buf); yield from buf
 
+def check_same_reading(mine: dict, state: Optional[dict], what: str):
+    """Raise unless a checkpoint's `position_state` of a stream of `what` is `mine`: else its epoch would go on with
+    other batches."""
+    changed = [f'{k} {state.get(k)} -> {v}' for k, v in mine.items() if state is not None and state.get(k) != v]
+    if state is None or changed:
+        raise ValueError(f'the checkpoint stopped in an epoch of {what} read otherwise (' + (', '.join(changed) or
+                         'no position saved') + f'): resume with the same {what}, batch_size, processes, num_workers '
+                         'and seed')
+
 @contextlib.contextmanager
-def _seeded(seed: int):
+def seeded(seed: int):
     "Python's, NumPy's and torch's generators seeded by `seed` inside, and as they were after."
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
@@ -482,14 +491,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 'workers': max(1, self.num_workers), 'batch_size': self.batch_size, 'seed': self.seed,
                 'buffer': self.buffer}
 
-    def check_position(self, state: Optional[dict]):
-        "Raise unless a checkpoint's `position_state` is this dataset's: else its epoch would go on with other batches."
-        mine = self.position_state()
-        changed = [f'{k} {state.get(k)} -> {v}' for k, v in mine.items() if state is not None and state.get(k) != v]
-        if state is None or changed:
-            raise ValueError('the checkpoint stopped in an epoch of shards read otherwise (' + (', '.join(changed) or
-                             'no shard position saved') + '): resume with the same shards, batch_size, processes, '
-                             'num_workers and seed')
+    def check_position(self, state: Optional[dict]): check_same_reading(self.position_state(), state, 'shards')
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -528,6 +530,6 @@ class ShardDataset(torch.utils.data.IterableDataset):
         try: picture = open_image(image, self.max_pixels, draft=self._draft)
         except BadImageError as e:
             skips.add('undecodable image', f'{self.stream.url_of(row)} key {key} ({e})'); return None
-        with _seeded(hash((self.seed, epoch, row)) % 2**63) if self._random else contextlib.nullcontext():
+        with seeded(hash((self.seed, epoch, row)) % 2**63) if self._random else contextlib.nullcontext():
             tensor = self.samples.transform(picture)
         return {**self.samples.sample(row, tensor), 'key': key}

@@ -4,14 +4,15 @@
 
 # %% auto #0
 __all__ = ['IMAGE_KEYS', 'CAPTION_KEYS', 'LABEL_KEYS', 'VALUE_KEYS', 'TAGS_KEYS', 'QUESTION_KEYS', 'ANSWER_KEYS',
-           'TABLE_SUFFIXES', 'IMAGE_SUFFIXES', 'HUB_PRESETS', 'DATASETS', 'Columns', 'pick_column',
-           'build_image_text_data', 'load_table', 'load_image_folder', 'load_coco_json', 'load_csv_captions',
-           'load_saved_dataset', 'load_hub_dataset', 'find_kaggle_input', 'load_local', 'get_dataset',
-           'dataset_from_config', 'load_image_text_data']
+           'TABLE_SUFFIXES', 'IMAGE_SUFFIXES', 'HUB_PRESETS', 'STREAM_EVAL_EXAMPLES', 'STREAM_HEAD', 'DATASETS',
+           'Columns', 'pick_column', 'build_image_text_data', 'load_table', 'load_image_folder', 'load_coco_json',
+           'load_csv_captions', 'load_saved_dataset', 'load_hub_dataset', 'find_kaggle_input', 'StreamRows',
+           'load_local', 'get_dataset', 'dataset_from_config', 'load_image_text_data']
 
 # %% ../nbs/01c_sources.ipynb #db466d16
 import json
 import logging
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ import datasets
 import numpy as np
 
 from .images import BadImageError, SkipLog, download_images, open_image, resolve_in_root
-from .bundled import ImageTextData, load_digits_captions, load_shapes_attributes, load_shapes_captions, split_indices
+from .bundled import (SPLIT_FRACTIONS, ImageTextData, load_digits_captions, load_shapes_attributes, load_shapes_captions,
+                            split_indices)
 from .shards import is_shard_pattern, load_shards
+from .streams import HubStream, example_fingerprint
 
 # %% ../nbs/01c_sources.ipynb #4c96982e
 _log = logging.getLogger('memvlm.data')  # every data chapter logs as memvlm.data, the module that gathers them
@@ -356,10 +359,11 @@ def load_csv_captions(path, filepath_key: str = 'filepath', caption_key: str = '
 
 # %% ../nbs/01c_sources.ipynb #77baf49d
 def _take(d, name: str, max_samples: int) -> datasets.Dataset:
-    "A split's first `max_samples` examples (all when 0) as a `datasets.Dataset`; a streaming split needs max_samples."
+    """A split's first `max_samples` examples (all when 0) as a `datasets.Dataset`, its features kept; a streaming split
+    needs max_samples."""
     if isinstance(d, datasets.IterableDataset):
         if not max_samples: raise ValueError(f'{name}: streaming needs max_samples > 0 (how many examples to take)')
-        return datasets.Dataset.from_list(list(d.take(max_samples)))
+        return datasets.Dataset.from_list(list(d.take(max_samples)), features=d.features)
     return d.select(range(min(max_samples, len(d)))) if max_samples else d
 
 def _hf_frame(d: datasets.Dataset, tag_names: dict):
@@ -415,6 +419,8 @@ def load_hub_dataset(name: str, columns: Columns = Columns(), config: Optional[s
                      text_only: bool = False, **build) -> ImageTextData:
     "A Hugging Face hub dataset by id, through `_hub_load`; `text_only` keeps only the captions (a text corpus)."
     ds = _hub_load(name, config, split, streaming, cache_dir)
+    if streaming and not text_only and _stores_images(ds, columns, name):  # a stream to train on, all of it
+        return _from_hub_stream(ds, name.split('/')[-1], columns, max_samples, seed, cache_dir, **build)
     return _from_hf(ds, name.split('/')[-1], columns, seed, cache_dir=cache_dir, max_samples=max_samples,
                     no_image=text_only, **build)
 
@@ -425,6 +431,109 @@ def find_kaggle_input(name: str, root='/kaggle/input') -> Optional[Path]:
     for c in [root / name, root / slug, *sorted(root.glob(f'*/{slug}')), *sorted(root.glob(f'*/*/{slug}'))]:
         if c.exists(): return c
     return None
+
+# %% ../nbs/01c_sources.ipynb #3263e712
+STREAM_EVAL_EXAMPLES, STREAM_HEAD = 1000, 1024  # a stream's validation and test examples (each at most); its first training examples read at once
+
+@dataclass
+class StreamRows:
+    """How an example of a streamed set becomes a row of the batch format's columns (`streams.HubStream.rows`): the
+    columns of its image, captions, label (a `ClassLabel`'s index), value and tags (`ClassLabel` indices: `tag_names`
+    their names, `tag_index` each name's index in the data's `tagnames`, those of the first examples read)."""
+    image: str
+    caption: str
+    label: str = ''
+    value: str = ''
+    tags: str = ''
+    tag_names: Optional[list] = None
+    tag_index: Optional[dict] = None
+
+    def row(self, example: dict) -> tuple[dict, object]:
+        """(its captions, label and value as the batch format holds them, its image as stored: bytes, or a path); a
+        ValueError that says why for an unusable example (no caption left, captions not UTF-8, a value not a number)."""
+        given = [c.strip() for c in _caption_list(example[self.caption])]
+        captions = [c for c in given if c and _is_utf8(c)]
+        if not captions: raise ValueError('caption not UTF-8' if any(given) else 'empty caption')
+        row = {'captions': captions}
+        if self.label: row['label'] = int(example[self.label])
+        if self.value: row['value'] = _number(example[self.value], f'column {self.value!r}')
+        if self.tags:
+            names = [self.tag_names[t] for t in example[self.tags]]
+            unknown = [n for n in names if n not in self.tag_index]
+            if unknown: raise ValueError(f'tags {unknown} not among those of the first {STREAM_HEAD} training examples')
+            row['tags'] = [self.tag_index[n] for n in names]
+        cell = example[self.image]
+        return row, (cell.get('bytes') or cell.get('path')) if isinstance(cell, dict) else cell
+
+def _image_column(ds, columns: Columns, name: str) -> tuple[Optional[str], object]:
+    "(the image column of a hub set, by `columns.image` or the usual names; its training split, or its first split)."
+    train = ds['train'] if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)) and 'train' in ds else \
+        next(iter(ds.values())) if isinstance(ds, dict) else ds
+    names = list(train.features or next(iter(train.take(1))))  # a stream whose card gives no features: its first example
+    return pick_column(names, columns.image, IMAGE_KEYS, 'image', name, required=bool(columns.image)), train
+
+def _stores_images(ds, columns: Columns, name: str) -> bool:
+    "Whether a streamed hub set holds its images (an `Image` feature), rather than their URLs."
+    col, train = _image_column(ds, columns, name)
+    return col is not None and isinstance((train.features or {}).get(col), datasets.Image)
+
+def _stream_size(train, name: str, max_samples: int) -> int:
+    "How many examples of a streamed split to use: `max_samples`, at most the split's size where the set's card gives it."
+    info = (train.info.splits or {}).get(str(train.split)) if train.info is not None else None
+    known = info.num_examples if info is not None and info.num_examples else None
+    if max_samples: return min(max_samples, known) if known else max_samples
+    if known: return known
+    raise ValueError(f'{name}: the set does not say how many training examples it has, so a streamed epoch has no '
+                     'length: set max_samples (MEMVLM_MAX_SAMPLES) to the number to train on')
+
+def _stream_parts(own: dict, head: datasets.Dataset, held: int, sizes: dict, name: str) -> list:
+    "(split, examples) of a stream's first reading: validation and test (its own, else the head's first), then train."
+    parts, at = [], 0
+    for s in ('validation', 'test'):
+        if s in own: parts.append((s, _take(own[s], name, STREAM_EVAL_EXAMPLES)))
+        else: parts.append((s, head.select(range(at, at + sizes[s])))); at += sizes[s]
+    return parts + [('train', head.select(range(held, len(head))))]
+
+def _fingerprints(rows: StreamRows, examples) -> frozenset:
+    "The fingerprints of `examples` (held out of a stream); unusable ones are skipped in the stream anyway."
+    out = set()
+    for example in examples:
+        try: row, image = rows.row(example)
+        except ValueError: continue
+        out.add(example_fingerprint(row['captions'], image))
+    return frozenset(out)
+
+def _from_hub_stream(ds, name: str, columns: Columns, max_samples: int, seed: int = 0, cache_dir=None,
+                     **build) -> ImageTextData:
+    """A streamed set that stores its images: validation, test and the first `STREAM_HEAD` training examples read now,
+    every training example (or the first `max_samples`) left in the stream (`HubStream`), images as stored."""
+    import pandas as pd
+    given = dict(ds) if isinstance(ds, datasets.IterableDatasetDict) else {'train': ds}
+    own = {_SPLIT_NAMES.get(k.lower(), k): v for k, v in given.items()}
+    if 'train' not in own: raise KeyError(f'{name}: no training split to stream; its splits are {list(given)}')
+    total = _stream_size(own['train'], name, max_samples)
+    image = _image_column(ds, columns, name)[0]
+    own = {s: v.cast_column(image, datasets.Image(decode=False)) for s, v in own.items()}  # images as stored
+    train = own['train'].take(total) if max_samples else own['train']  # take: the same examples every epoch
+    sizes = {s: min(STREAM_EVAL_EXAMPLES, max(1, math.ceil(f * total))) for s, f in SPLIT_FRACTIONS.items()}
+    held = sum(n for s, n in sizes.items() if s not in own)  # taken from the stream's start for validation and test
+    if total - held < 1: raise ValueError(f'{name}: {total} examples are too few to stream with {held} held out')
+    head = _take(train, name, held + min(STREAM_HEAD, total - held))
+    class_names = next((f.names for f in (train.features or {}).values() if isinstance(f, datasets.ClassLabel)), None)
+    frames, splits, tags = [], [], {}
+    for s, d in _stream_parts(own, head, held, sizes, name): frames.append(_hf_frame(d, tags)); splits += [s] * len(d)
+    col = _frame_columns(list(frames[0].columns), columns, name, False)
+    if col.question or (col.tags and col.tags not in tags) or (col.label and class_names is None):
+        what = 'VQA answers' if col.question else 'labels' if col.label and class_names is None else 'tags'
+        what += ' that are not ClassLabel indices' if not col.question else ''
+        raise ValueError(f'{name}: {what} cannot be streamed (their names come from the whole set): load it without '
+                         'streaming, or write it as shards (memvlm shards)')
+    data = _from_frame(pd.concat(frames, ignore_index=True), name, Path(cache_dir or '.'), columns, seed, cache_dir,
+                       splits=splits, class_names=class_names if col.label else None, **build)
+    rows = StreamRows(col.image, col.caption, col.label, col.value, col.tags, tags.get(col.tags),
+                      {n: i for i, n in enumerate(data.tagnames or [])})
+    data.stream = HubStream(train, total - held, _fingerprints(rows, head.select(range(held))), rows, name)
+    return data
 
 # %% ../nbs/01c_sources.ipynb #72a3e659
 DATASETS: dict[str, Callable[..., ImageTextData]] = {'digits-captions': load_digits_captions,

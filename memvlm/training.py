@@ -290,8 +290,10 @@ class TrainerBookkeeping:
         record), the epoch's length, the dataset's own position if it keeps one, the seconds spent."""
         dataset = self.train_loader.dataset
         own = dataset.position_state() if hasattr(dataset, 'position_state') else None
+        stateful = self.batches_done and hasattr(self.train_loader, 'load_state_dict')  # a stream's loader: its place
         return {'batches': self.batches_done, 'losses': list(self._epoch_losses),
-                'epoch_batches': len(self.train_loader), 'dataset': own, 'seconds': time.time() - self._start}
+                'epoch_batches': len(self.train_loader), 'dataset': own, 'seconds': time.time() - self._start,
+                'loader': self.train_loader.state_dict() if stateful else None}
 
     def _resume(self, folder: Path):
         "Continue from checkpoint `folder`: its weights, the whole training state and the position in the data."
@@ -319,6 +321,9 @@ class TrainerBookkeeping:
                              f"{position.get('epoch_batches')}, but this run's epoch has {len(self.train_loader)} "
                              'batches: resume with the same data, batch_size and number of processes')
         if batches and hasattr(dataset, 'check_position'): dataset.check_position(position.get('dataset'))
+        if batches and hasattr(self.train_loader, 'load_state_dict'):  # a stream's loader goes on from its place
+            if not position.get('loader'): raise ValueError('the checkpoint stopped in an epoch but holds no loader state')
+            self.train_loader.load_state_dict(position['loader'])
         self.batches_done, self._epoch_losses = batches, list(position.get('losses', []))
         self._elapsed = position.get('seconds')
 
@@ -460,24 +465,28 @@ class Trainer(TrainerBookkeeping):
 
     def _run_epoch(self, start: float) -> dict:
         """One pass over the training data, an optimiser step every `accumulation_steps` micro-batches; the epoch's
-        record (train loss, the last step's logs, validation)."""
+        record (train loss, the last step's logs, validation). The loader runs to its end; one whose length is an
+        estimate (a stream: `exact_length` False) gives what it has, any other exactly its length."""
         n, size = len(self.train_loader), self.config.accumulation_steps
+        exact = getattr(self.train_loader.dataset, 'exact_length', True)
         self.ddp_model.train()
-        skip, losses = self.batches_done, self._epoch_losses  # after a mid-epoch resume: what was trained on before
+        losses = self._epoch_losses  # after a mid-epoch resume: those of the batches trained on before
         (order, keep_rng), self._replay = self._replay, (None, False)
-        batches = epoch_batches(self.train_loader, self.epoch, self.config.epochs, self.progress, skip, order, keep_rng)
-        micro = iter(batches)
-        for first in range(skip, n, size):
-            record = self.optimizer_step(itertools.islice(micro, size), min(size, n - first))
+        batches = epoch_batches(self.train_loader, self.epoch, self.config.epochs, self.progress, self.batches_done,
+                                order, keep_rng)
+        # to its end: the sampler draws from the loader's generator there, and the next epoch's order depends on it
+        micro, record = iter(batches), {}
+        while micro_batches := list(itertools.islice(micro, size)):
+            record = self.optimizer_step(micro_batches, len(micro_batches))
             if not record['skipped']: losses.append(record['loss'])
-            self.batches_done = min(first + size, n)
+            self.batches_done += len(micro_batches)
             if self.progress:  # the bar redraws at its own pace
                 batches.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", refresh=False)
-            if self.batches_done < n and self._checkpoint_due():  # the epoch's last step: the epoch-end checkpoint
+            # at the epoch's last step the epoch-end checkpoint follows
+            if (self.batches_done < n or not exact) and self._checkpoint_due():
                 self.save('last', {'epoch': self.epoch + 1, 'step': self.step, 'in_epoch': True})
-        # run the loader to its end: its sampler draws from the loader's generator there, and the next epoch's order
-        # (as a resumed run replays it) depends on that
-        if next(micro, None) is not None: raise RuntimeError('the training loader yielded more batches than its length')
+        if exact and self.batches_done != n:
+            raise RuntimeError(f'the training loader yielded {self.batches_done} batches, but its length is {n}')
         self.batches_done, self._epoch_losses = 0, []
         return self._epoch_record(losses, {k: v for k, v in record.items() if k not in _STEP_KEYS}, start)
 

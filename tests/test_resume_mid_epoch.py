@@ -1,6 +1,6 @@
 """Issue 28: a run killed with SIGKILL in the middle of an epoch and resumed with `--resume latest` ends with the weights of
 an uninterrupted run (to 1e-6 on CPU), as a user meets it: `memvlm train` in fresh processes, on a CSV of image files and on
-webdataset shards. Each run is a process of its own: one that ran other tests first may pick other kernels (1e-4 apart)."""
+webdataset shards and on a streamed hub set. Each run is a process of its own: one that ran other tests first may pick other kernels (1e-4 apart)."""
 import json
 import os
 import shutil
@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from memvlm.data import write_digits_csv
+from memvlm.data import get_dataset, write_digits_csv, write_hub_folder
 from memvlm.engine import find_checkpoint
 
 TINY = ['--vision-depth', '1', '--text-depth', '1', '--vision-width', '32', '--text-width', '32', '--embed-dim', '16',
@@ -125,6 +125,22 @@ def test_sigkill_in_an_epoch_of_shards_then_resume_matches_an_uninterrupted_run(
                tmp_path)
     _, err = p.communicate(timeout=600)
     assert p.returncode != 0 and b'workers 2 -> 1' in err, err[-1500:]
+
+def test_sigkill_in_an_epoch_of_a_streamed_hub_set_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """A hub set (a local folder of parquet files, as the hub holds them) streamed by two loader workers through torchdata's
+    StatefulDataLoader, checkpoints every step: killed inside epoch 2, resumed, the same weights and steps."""
+    csv = write_digits_csv(tmp_path / 'photos', per_class=20)
+    hub = write_hub_folder(get_dataset(str(csv)), tmp_path / 'hub', files=4)
+    args = ['--dataset', f'hf:{hub}', '--streaming', 'true', '--vocab', 'full', '--epochs', '2', '--batch-size', '8',
+            *TINY[:-2], '--num-workers', '2']
+    train_fresh([*args, '--output-dir', 'straight'], tmp_path)
+    resumable = [*args, '--checkpoint-every-steps', '1', '--resume', 'latest']
+    state = kill_in_an_epoch(resumable, tmp_path, 'killed')
+    assert state['position']['batches'] > 0 and state['position']['loader'], state['position']
+    out = train_fresh([*resumable, '--output-dir', 'killed'], tmp_path)
+    assert f"{state['position']['batches']} of {state['position']['epoch_batches']} batches into epoch {state['epoch'] + 1}" in out, out
+    assert_same_weights(tmp_path / 'straight', tmp_path / 'killed')
+    assert_same_steps(tmp_path / 'straight', tmp_path / 'killed')
 
 def test_ddp_two_gloo_processes_share_every_epoch_of_shards_out(tmp_path):
     "Two processes (torchrun, gloo) on shards: in each epoch every example goes to one process, the same number to each."
