@@ -43,7 +43,8 @@ setuptools.setup(
     include_package_data=True,
     install_requires=requirements,
     extras_require={'dev': dev_requirements, 'lora': cfg.get('lora_requirements', '').split(),
-                    'shards': cfg.get('shards_requirements', '').split()},
+                    'shards': cfg.get('shards_requirements', '').split(),
+                    'streaming': cfg.get('streaming_requirements', '').split()},
     entry_points={
         'console_scripts': console_scripts,
         'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],

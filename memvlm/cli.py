@@ -131,6 +131,10 @@ def _shards_parser(sub):
                     help='examples a shard (default: 1000, as img2dataset writes them)')
     for key in ('image', 'caption', 'label'):
         sh.add_argument(f'--{key}-key', default='', metavar='COLUMN', help=f'column of the {key}s (default: by name)')
+    sh.add_argument('--streaming', action='store_true',
+                    help='stream a hub set instead of downloading it whole: each training example is read once')
+    sh.add_argument('--max-samples', type=int, default=0, metavar='N',
+                    help='with --streaming: the first N examples of the training split (default: all)')
 
 def build_parser() -> argparse.ArgumentParser:
     "The `memvlm` parser: `train` (a flag per option), `eval`, `predict`, `memorize`, `forget`, `fewshot`, `shards`."
@@ -260,8 +264,8 @@ def _fewshot_command(args) -> int:
 def _shards_command(args) -> int:
     from memvlm.config import default_data_dir
     from memvlm.data import Columns, get_dataset, write_shards
-    data = get_dataset(args.dataset, data_dir=default_data_dir(),
-                       columns=Columns(args.image_key, args.caption_key, args.label_key))
+    data = get_dataset(args.dataset, data_dir=default_data_dir(), streaming=args.streaming,
+                       max_samples=args.max_samples, columns=Columns(args.image_key, args.caption_key, args.label_key))
     m = write_shards(data, args.output, args.shard_size, source=args.dataset)
     pattern = Path(args.output) / m['pattern']
     splits = ', '.join(f'{k} {v}' for k, v in m['splits'].items())

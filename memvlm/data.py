@@ -23,7 +23,8 @@ from .sources import *
 from .tokenizer import *
 from .transforms import *
 
-__all__ += [n for m in (images, bundled, shards, streams, sources, tokenizer, transforms) for n in m.__all__]  # for `import *`
+# for `import *`
+__all__ += [n for m in (images, bundled, shards, streams, sources, tokenizer, transforms) for n in m.__all__]
 
 # %% ../nbs/01_data.ipynb #7d6ef216
 def answer_classes(split: datasets.Dataset) -> list[str]:

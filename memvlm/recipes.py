@@ -21,7 +21,8 @@ from .tasks import TARGET_KEYS, monitored_score, task_parts
 from .config import (DataConfig, RunConfig, default_data_dir, get_config, resolve_output_dir, save_config,
                            seed_everything)
 from .data import (BatchAugment, CaptionTokenizer, HFCaptionTokenizer, ImageTextData, ImageTextDataset,
-                         HubStream, ModalityDropout, ShardDataset, StreamDataset, answer_classes, dataset_from_config, make_loader)
+                         HubStream, ModalityDropout, ShardDataset, StreamDataset, answer_classes, dataset_from_config,
+                         make_loader)
 from .models import (Checkpoint, FusionModel, FusionModelConfig, MemoryCLIP, MemoryCLIPConfig, count_parameters,
                            create_model, list_models, load_checkpoint, model_config, model_transform, preprocessing)
 from .larimar import LarimarCaptioner, LarimarConfig

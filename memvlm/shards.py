@@ -58,9 +58,15 @@ def _sample_meta(row: dict, data: ImageTextData, split: str) -> dict:
         elif isinstance(v, (str, int, float)): meta[k] = v  # e.g. a VQA answer
     return meta
 
-def _examples(data: ImageTextData) -> Iterator[tuple[str, dict]]:
-    "Every example of `data` as (split, row with its image as stored), the training split first."
+def _examples(data: ImageTextData, skips: SkipLog) -> Iterator[tuple[str, dict]]:
+    """Every example of `data` as (split, row with its image as stored), the training split first; a streamed hub set's
+    training examples all read from its stream (`streams.HubStream.examples`, which counts what it skips in `skips`)."""
     for split in sorted(data.splits, key=lambda s: s != 'train'):
+        if split == 'train' and hasattr(data.stream, 'examples'):  # not only the first examples `train` holds
+            for row, image, _ in data.stream.examples(skips):
+                cell = {'bytes': image, 'path': None} if isinstance(image, bytes) else {'bytes': None, 'path': image}
+                yield split, {**row, 'image': cell}
+            continue
         rows = data[split].cast_column('image', datasets.Image(decode=False))
         for row in rows: yield split, row
 
@@ -100,8 +106,8 @@ def write_shards(data: ImageTextData, output, shard_size: int = 1000, source: st
     if out.is_dir() and any(out.glob('*.tar')):
         raise FileExistsError(f'{out} holds shards already: write to an empty folder')
     out.mkdir(parents=True, exist_ok=True)
-    writer = _ShardWriter(out, shard_size)
-    for i, (split, row) in enumerate(_examples(data)):
+    writer, skips = _ShardWriter(out, shard_size), SkipLog()
+    for i, (split, row) in enumerate(_examples(data, skips)):
         image, member = _image_bytes(row['image'])
         writer.write(f'{i:09d}', member, image, _sample_meta(row, data, split))
     writer.close()
@@ -109,9 +115,10 @@ def write_shards(data: ImageTextData, output, shard_size: int = 1000, source: st
     manifest = {'format': 'memvlm-shards/1', 'source': source or data.name, 'name': data.name,
                 'pattern': f'{{000000..{n - 1:06d}}}.tar' if n > 1 else '000000.tar', 'shard_size': shard_size,
                 'samples': sum(s['samples'] for s in writer.shards),
-                'splits': {k: len(v) for k, v in data.splits.items()},
+                'splits': dict(sum((Counter(s['splits']) for s in writer.shards), Counter())),
                 'classnames': data.classnames, 'tagnames': data.tagnames,
-                'skipped': dict(data.skips.counts) if data.skips is not None else {}, 'shards': writer.shards}
+                'skipped': dict((data.skips.counts if data.skips is not None else Counter()) + skips.counts),
+                'shards': writer.shards}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
 

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['IMAGE_KEYS', 'CAPTION_KEYS', 'LABEL_KEYS', 'VALUE_KEYS', 'TAGS_KEYS', 'QUESTION_KEYS', 'ANSWER_KEYS',
            'TABLE_SUFFIXES', 'IMAGE_SUFFIXES', 'HUB_PRESETS', 'STREAM_EVAL_EXAMPLES', 'STREAM_HEAD', 'DATASETS',
-           'Columns', 'pick_column', 'build_image_text_data', 'load_table', 'load_image_folder', 'load_coco_json',
-           'load_csv_captions', 'load_saved_dataset', 'load_hub_dataset', 'find_kaggle_input', 'StreamRows',
+           'Columns', 'pick_column', 'caption_list', 'build_image_text_data', 'load_table', 'load_image_folder',
+           'load_coco_json', 'load_csv_captions', 'load_saved_dataset', 'load_hub_dataset', 'find_kaggle_input',
            'load_local', 'get_dataset', 'dataset_from_config', 'load_image_text_data']
 
 # %% ../nbs/01c_sources.ipynb #db466d16
@@ -22,11 +22,12 @@ from typing import Callable, Optional, Sequence
 import datasets
 import numpy as np
 
-from .images import BadImageError, SkipLog, download_images, open_image, resolve_in_root
-from .bundled import (SPLIT_FRACTIONS, ImageTextData, load_digits_captions, load_shapes_attributes, load_shapes_captions,
-                            split_indices)
+from .images import (BadImageError, SkipLog, caption_list, download_images, finite_number, is_utf8, open_image,
+                           resolve_in_root)
+from .bundled import (SPLIT_FRACTIONS, ImageTextData, load_digits_captions, load_shapes_attributes,
+                            load_shapes_captions, split_indices)
 from .shards import is_shard_pattern, load_shards
-from .streams import HubStream, example_fingerprint
+from .streams import HubStream, StreamRows
 
 # %% ../nbs/01c_sources.ipynb #4c96982e
 _log = logging.getLogger('memvlm.data')  # every data chapter logs as memvlm.data, the module that gathers them
@@ -63,19 +64,10 @@ def pick_column(columns: Sequence[str], key: str, candidates: Sequence[str], wha
                        f'name it with {what}_key')
     return found
 
-def _number(value, where: str) -> float:
-    "A value cell as a float, or an error saying where it is not one (a regression target cannot be guessed)."
-    try: x = float(value)
-    except (TypeError, ValueError): x = float('nan')
-    if not np.isfinite(x):
-        raise ValueError(f'{where}: {value!r} is not a number; the value column needs one finite number per row '
-                         '(value_key names another column)')
-    return x
-
 def _values(column, rows: Sequence[int], where: Callable, name: str, named: bool) -> Optional[list[float]]:
     """The numbers of `column` at `rows`. A column named by value_key must hold numbers; one found by its usual name
     that does not is left out, with a warning."""
-    try: return [_number(column.iloc[i], f'{where(i)}, column {name!r}') for i in rows]
+    try: return [finite_number(column.iloc[i], f'{where(i)}, column {name!r}') for i in rows]
     except ValueError as e:
         if named: raise
         _log.warning('%s; it is not used as a regression target', e)
@@ -87,7 +79,7 @@ def _tag_list(value) -> list[str]:
     if isinstance(value, str): value = re.split(r'[|;,]', value)
     return [str(t).strip() for t in value if str(t).strip()]
 
-def _caption_list(value) -> list[str]:
+def caption_list(value) -> list[str]:
     "A caption cell as a list of str: text, a list of text, or a list of dicts with `raw`/`caption`/`text`."
     if value is None: return []
     if isinstance(value, str): return [value]
@@ -107,18 +99,13 @@ def _class_prompts_from_captions(captions: Sequence[Sequence[str]], labels: Sequ
     for caps, l in zip(captions, labels): counts[l].update(caps)
     return [[c for c, _ in cnt.most_common(k)] or [str(name)] for cnt, name in zip(counts, classnames)]
 
-def _is_utf8(text: str) -> bool:
-    "False for text holding bytes that were not UTF-8 (read as surrogates)."
-    try: text.encode('utf-8'); return True
-    except UnicodeEncodeError: return False
-
 def _clean_captions(captions: Sequence, where: Sequence[str], skips: SkipLog) -> list[list[str]]:
     "Each example's captions, stripped; empty ones and ones that are not UTF-8 are left out, each counted in `skips`."
     caps = []
     for i, v in enumerate(captions):
-        given = _caption_list(v)
+        given = caption_list(v)
         text = [c.strip() for c in given if c.strip()]
-        caps.append([c for c in text if _is_utf8(c)])
+        caps.append([c for c in text if is_utf8(c)])
         for _ in range(len(text) - len(caps[-1])): skips.add('caption not UTF-8', where[i])
         for _ in range(max(1, len(given)) - len(text)): skips.add('empty caption', where[i])  # each one counted
     return caps
@@ -271,14 +258,14 @@ def _targets(df, col: Columns, first: list[int], where: Callable, value_named: b
     if not col.label: labels, classnames = None, None
     elif class_names is not None: labels, classnames = [int(v) for v in cells(col.label)], list(class_names)
     else: labels, classnames = _labels_of(cells(col.label))
-    answers = [str(a[0]) if (a := _caption_list(v)) else '' for v in cells(col.answer)] if col.answer else None
+    answers = [str(a[0]) if (a := caption_list(v)) else '' for v in cells(col.answer)] if col.answer else None
     return dict(labels=labels, classnames=classnames, extra=None if answers is None else {'answer': answers},
                 values=_values(df[col.value], first, where, col.value, named=value_named) if col.value else None,
                 tags=[_tag_list(v) for v in cells(col.tags)] if col.tags else None)
 
 def _group_captions(column, groups: list[list[int]]) -> list[list[str]]:
     "Each example's captions: those of all its rows."
-    return [[c for i in g for c in _caption_list(column.iloc[i])] for g in groups]
+    return [[c for i in g for c in caption_list(column.iloc[i])] for g in groups]
 
 def _group_where(where: Callable, groups: list[list[int]]) -> list[str]:
     "Where each example is, for messages: its first row, then the next few that share its image."
@@ -433,43 +420,14 @@ def find_kaggle_input(name: str, root='/kaggle/input') -> Optional[Path]:
     return None
 
 # %% ../nbs/01c_sources.ipynb #3263e712
-STREAM_EVAL_EXAMPLES, STREAM_HEAD = 1000, 1024  # a stream's validation and test examples (each at most); its first training examples read at once
-
-@dataclass
-class StreamRows:
-    """How an example of a streamed set becomes a row of the batch format's columns (`streams.HubStream.rows`): the
-    columns of its image, captions, label (a `ClassLabel`'s index), value and tags (`ClassLabel` indices: `tag_names`
-    their names, `tag_index` each name's index in the data's `tagnames`, those of the first examples read)."""
-    image: str
-    caption: str
-    label: str = ''
-    value: str = ''
-    tags: str = ''
-    tag_names: Optional[list] = None
-    tag_index: Optional[dict] = None
-
-    def row(self, example: dict) -> tuple[dict, object]:
-        """(its captions, label and value as the batch format holds them, its image as stored: bytes, or a path); a
-        ValueError that says why for an unusable example (no caption left, captions not UTF-8, a value not a number)."""
-        given = [c.strip() for c in _caption_list(example[self.caption])]
-        captions = [c for c in given if c and _is_utf8(c)]
-        if not captions: raise ValueError('caption not UTF-8' if any(given) else 'empty caption')
-        row = {'captions': captions}
-        if self.label: row['label'] = int(example[self.label])
-        if self.value: row['value'] = _number(example[self.value], f'column {self.value!r}')
-        if self.tags:
-            names = [self.tag_names[t] for t in example[self.tags]]
-            unknown = [n for n in names if n not in self.tag_index]
-            if unknown: raise ValueError(f'tags {unknown} not among those of the first {STREAM_HEAD} training examples')
-            row['tags'] = [self.tag_index[n] for n in names]
-        cell = example[self.image]
-        return row, (cell.get('bytes') or cell.get('path')) if isinstance(cell, dict) else cell
+# a stream's validation and test examples (each at most), and its first training examples, read when it is loaded
+STREAM_EVAL_EXAMPLES, STREAM_HEAD = 1000, 1024
 
 def _image_column(ds, columns: Columns, name: str) -> tuple[Optional[str], object]:
     "(the image column of a hub set, by `columns.image` or the usual names; its training split, or its first split)."
     train = ds['train'] if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)) and 'train' in ds else \
         next(iter(ds.values())) if isinstance(ds, dict) else ds
-    names = list(train.features or next(iter(train.take(1))))  # a stream whose card gives no features: its first example
+    names = list(train.features or next(iter(train.take(1))))  # a card without features: the first example's
     return pick_column(names, columns.image, IMAGE_KEYS, 'image', name, required=bool(columns.image)), train
 
 def _stores_images(ds, columns: Columns, name: str) -> bool:
@@ -477,8 +435,15 @@ def _stores_images(ds, columns: Columns, name: str) -> bool:
     col, train = _image_column(ds, columns, name)
     return col is not None and isinstance((train.features or {}).get(col), datasets.Image)
 
+def _stream_splits(ds, name: str) -> dict:
+    "A streamed set's splits under memvlm's names (`train`, `validation`, `test`); it needs a training split."
+    given = dict(ds) if isinstance(ds, datasets.IterableDatasetDict) else {'train': ds}
+    own = {_SPLIT_NAMES.get(k.lower(), k): v for k, v in given.items()}
+    if 'train' not in own: raise KeyError(f'{name}: no training split to stream; its splits are {list(given)}')
+    return own
+
 def _stream_size(train, name: str, max_samples: int) -> int:
-    "How many examples of a streamed split to use: `max_samples`, at most the split's size where the set's card gives it."
+    "How many examples of a streamed split to use: `max_samples`, at most the split's size where its card gives it."
     info = (train.info.splits or {}).get(str(train.split)) if train.info is not None else None
     known = info.num_examples if info is not None and info.num_examples else None
     if max_samples: return min(max_samples, known) if known else max_samples
@@ -494,45 +459,38 @@ def _stream_parts(own: dict, head: datasets.Dataset, held: int, sizes: dict, nam
         else: parts.append((s, head.select(range(at, at + sizes[s])))); at += sizes[s]
     return parts + [('train', head.select(range(held, len(head))))]
 
-def _fingerprints(rows: StreamRows, examples) -> frozenset:
-    "The fingerprints of `examples` (held out of a stream); unusable ones are skipped in the stream anyway."
-    out = set()
-    for example in examples:
-        try: row, image = rows.row(example)
-        except ValueError: continue
-        out.add(example_fingerprint(row['captions'], image))
-    return frozenset(out)
+def _check_streamable(col: Columns, tags: dict, class_names, name: str):
+    "Refuse what a stream cannot know before it is read: VQA answers, labels and tags that are not `ClassLabel`s."
+    what = 'VQA answers' if col.question else 'labels' if col.label and class_names is None else \
+        'tags' if col.tags and col.tags not in tags else None
+    if what:
+        raise ValueError(f'{name}: {what} cannot be streamed, their names or index come from the whole set (labels and '
+                         'tags can, as ClassLabel indices): load it without streaming, or write it as shards')
 
 def _from_hub_stream(ds, name: str, columns: Columns, max_samples: int, seed: int = 0, cache_dir=None,
                      **build) -> ImageTextData:
     """A streamed set that stores its images: validation, test and the first `STREAM_HEAD` training examples read now,
     every training example (or the first `max_samples`) left in the stream (`HubStream`), images as stored."""
     import pandas as pd
-    given = dict(ds) if isinstance(ds, datasets.IterableDatasetDict) else {'train': ds}
-    own = {_SPLIT_NAMES.get(k.lower(), k): v for k, v in given.items()}
-    if 'train' not in own: raise KeyError(f'{name}: no training split to stream; its splits are {list(given)}')
+    own = _stream_splits(ds, name)
     total = _stream_size(own['train'], name, max_samples)
     image = _image_column(ds, columns, name)[0]
     own = {s: v.cast_column(image, datasets.Image(decode=False)) for s, v in own.items()}  # images as stored
     train = own['train'].take(total) if max_samples else own['train']  # take: the same examples every epoch
     sizes = {s: min(STREAM_EVAL_EXAMPLES, max(1, math.ceil(f * total))) for s, f in SPLIT_FRACTIONS.items()}
-    held = sum(n for s, n in sizes.items() if s not in own)  # taken from the stream's start for validation and test
+    held = sum(n for s, n in sizes.items() if s not in own)  # the stream's first examples, for validation and test
     if total - held < 1: raise ValueError(f'{name}: {total} examples are too few to stream with {held} held out')
     head = _take(train, name, held + min(STREAM_HEAD, total - held))
     class_names = next((f.names for f in (train.features or {}).values() if isinstance(f, datasets.ClassLabel)), None)
-    frames, splits, tags = [], [], {}
-    for s, d in _stream_parts(own, head, held, sizes, name): frames.append(_hf_frame(d, tags)); splits += [s] * len(d)
+    parts, tags = _stream_parts(own, head, held, sizes, name), {}
+    frames = [_hf_frame(d, tags) for _, d in parts]
     col = _frame_columns(list(frames[0].columns), columns, name, False)
-    if col.question or (col.tags and col.tags not in tags) or (col.label and class_names is None):
-        what = 'VQA answers' if col.question else 'labels' if col.label and class_names is None else 'tags'
-        what += ' that are not ClassLabel indices' if not col.question else ''
-        raise ValueError(f'{name}: {what} cannot be streamed (their names come from the whole set): load it without '
-                         'streaming, or write it as shards (memvlm shards)')
+    _check_streamable(col, tags, class_names, name)
     data = _from_frame(pd.concat(frames, ignore_index=True), name, Path(cache_dir or '.'), columns, seed, cache_dir,
-                       splits=splits, class_names=class_names if col.label else None, **build)
-    rows = StreamRows(col.image, col.caption, col.label, col.value, col.tags, tags.get(col.tags),
-                      {n: i for i, n in enumerate(data.tagnames or [])})
-    data.stream = HubStream(train, total - held, _fingerprints(rows, head.select(range(held))), rows, name)
+                       splits=[s for s, d in parts for _ in range(len(d))],
+                       class_names=class_names if col.label else None, **build)
+    rows = StreamRows(col.image, col.caption, col.label, col.value, col.tags, tags.get(col.tags), data.tagnames)
+    data.stream = HubStream(train, total - held, rows.fingerprints(head.select(range(held))), rows, name)
     return data
 
 # %% ../nbs/01c_sources.ipynb #72a3e659

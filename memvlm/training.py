@@ -322,7 +322,7 @@ class TrainerBookkeeping:
                              'batches: resume with the same data, batch_size and number of processes')
         if batches and hasattr(dataset, 'check_position'): dataset.check_position(position.get('dataset'))
         if batches and hasattr(self.train_loader, 'load_state_dict'):  # a stream's loader goes on from its place
-            if not position.get('loader'): raise ValueError('the checkpoint stopped in an epoch but holds no loader state')
+            if not position.get('loader'): raise ValueError('the checkpoint stopped in an epoch but lacks its loader')
             self.train_loader.load_state_dict(position['loader'])
         self.batches_done, self._epoch_losses = batches, list(position.get('losses', []))
         self._elapsed = position.get('seconds')

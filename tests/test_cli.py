@@ -79,7 +79,7 @@ def test_shards_of_the_shipped_sample_then_train_from_them(memvlm_cli, tmp_path)
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / 'runs' / 'memclip-tiny-shards' / 'metrics.json').read_text())
     assert [h['epoch'] for h in metrics['history']] == [1, 2] and metrics['dataset'] == 'captions'
-    assert 'train images streamed from shards' in r.stdout and 'test split of captions' in r.stdout
+    assert 'train streamed: ShardStream(' in r.stdout and 'test split of captions' in r.stdout
     r = memvlm_cli('shards', '--dataset', 'data/sample/captions.csv', '--output', 'shards')
     assert r.returncode == 2 and 'holds shards already' in r.stderr and 'Traceback' not in r.stderr
 

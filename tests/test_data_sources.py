@@ -133,8 +133,10 @@ def test_hub_presets_through_a_local_copy(sources, monkeypatch):
     for preset in ('mnist-captions', 'animal-faces-captions', 'hf:someone/captions'):
         assert n_examples(get_dataset(preset)) == 40
     assert asked == ['kishore-s-15/mnist-qwen2.5-2B-captions', 'kishore-s-15/animal-faces-captioned', 'someone/captions']
-    assert n_examples(get_dataset('mnist-captions', streaming=True, max_samples=4)) == 8
-    with pytest.raises(ValueError, match='streaming needs max_samples'): get_dataset('mnist-captions', streaming=True)
+    streamed = get_dataset('mnist-captions', streaming=True, max_samples=10)  # its own test split; validation held out
+    assert (streamed.stream.total, len(streamed['validation']), len(streamed['train'])) == (9, 1, 9)
+    with pytest.raises(ValueError, match=r'set max_samples \(MEMVLM_MAX_SAMPLES\)'):
+        get_dataset('mnist-captions', streaming=True)  # a copy whose card gives no size
     pngs = sorted((sources / 'csv' / 'images').glob('*.png'))[:8]  # Localized Narratives' schema: image, a long caption, extras
     narratives = datasets.Dataset.from_dict({'image': [Image.open(p) for p in pngs], 'image_id': [p.stem for p in pngs],
                                              'caption': [f'In this picture we can see the digit {p.stem}.' for p in pngs],

@@ -10,7 +10,7 @@ import pytest
 
 LIB = Path(__file__).resolve().parent.parent / 'memvlm'
 ORDER = ['tasks', 'config',                                                              # options
-         'images', 'bundled', 'shards', 'sources', 'tokenizer', 'transforms', 'data',       # data
+         'images', 'bundled', 'shards', 'streams', 'sources', 'tokenizer', 'transforms', 'data',  # data
          'layers', 'encoders', 'lora', 'memory', 'fusion', 'heads',                         # blocks
          'registry', 'vae', 'larimar', 'models',                                            # models
          'losses', 'double_loop', 'engine', 'training',                                     # losses, engine, the loop

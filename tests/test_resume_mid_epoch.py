@@ -128,10 +128,10 @@ def test_sigkill_in_an_epoch_of_shards_then_resume_matches_an_uninterrupted_run(
 
 def test_sigkill_in_an_epoch_of_a_streamed_hub_set_then_resume_matches_an_uninterrupted_run(tmp_path):
     """A hub set (a local folder of parquet files, as the hub holds them) streamed by two loader workers through torchdata's
-    StatefulDataLoader, checkpoints every step: killed inside epoch 2, resumed, the same weights and steps."""
+    StatefulDataLoader, checkpoints every step: killed inside epoch 2, resumed, the same weights and steps after epoch 3."""
     csv = write_digits_csv(tmp_path / 'photos', per_class=20)
     hub = write_hub_folder(get_dataset(str(csv)), tmp_path / 'hub', files=4)
-    args = ['--dataset', f'hf:{hub}', '--streaming', 'true', '--vocab', 'full', '--epochs', '2', '--batch-size', '8',
+    args = ['--dataset', f'hf:{hub}', '--streaming', 'true', '--vocab', 'full', '--epochs', '3', '--batch-size', '8',
             *TINY[:-2], '--num-workers', '2']
     train_fresh([*args, '--output-dir', 'straight'], tmp_path)
     resumable = [*args, '--checkpoint-every-steps', '1', '--resume', 'latest']
