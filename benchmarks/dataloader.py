@@ -22,7 +22,8 @@ Prints tables and, last, one line of JSON: {"loader_over_step", "photos_over_ope
 digits datasets' ratios with the default number of workers, and memvlm's photo images/s over open_clip's (the smaller
 over the worker counts, cache off, augmentation on the GPU; `photos_over_open_clip_cpu_augment`: augmenting on the CPU);
 `shards_over_csv`: images/s reading the photos from shards over reading them from the CSV of files (the smaller over the
-worker counts; target >= 1).
+worker counts; target >= 1); `stream_over_csv`: the same for the photos streamed as a hub set (`write_hub_folder`, eight
+parquet files, read by `datasets` streaming and `StreamDataset`).
 Usage: python benchmarks/dataloader.py [--workers 0 2] [--repeats 5] [--photos 256]
 """
 import argparse
@@ -101,6 +102,20 @@ def shard_loader(rows, tok, workers: int, batch: int, folder: Path):
     return make_loader(ShardDataset(data.stream, samples, batch, num_workers=workers), batch, train=True, num_workers=workers)
 
 
+def stream_loader(rows, tok, workers: int, batch: int, folder: Path):
+    """The same photos written as a hub set is stored (`write_hub_folder`: eight parquet files, once) and streamed back as
+    `memvlm train --dataset hf:... --streaming true` reads them (`StreamDataset`, through torchdata's StatefulDataLoader)."""
+    import datasets
+    from memvlm.data import (ImageTextData, ImageTextDataset, StreamDataset, get_dataset, image_transform, make_loader,
+                             write_hub_folder)
+    if not (folder / 'README.md').is_file():  # every photo a training example; its own validation and test splits
+        splits = {'train': rows, 'validation': rows.select([0]), 'test': rows.select([1])}
+        write_hub_folder(ImageTextData(datasets.DatasetDict(splits), 'photos'), folder, files=8)
+    data = get_dataset(f'hf:{folder}', streaming=True)
+    samples = ImageTextDataset(data['train'], tok, image_transform(224, resize='crop', uint8=True), cache_mb=0)
+    return make_loader(StreamDataset(data.stream, samples, batch, num_workers=workers), batch, train=True, num_workers=workers)
+
+
 def photo_bench(csv: str, workers: int, repeats: int, batch: int = 64) -> list[dict]:
     "Images per second of memvlm's training pipeline (cache off, then on) and of open_clip's, on the same JPEGs at 224 px."
     import open_clip
@@ -117,6 +132,7 @@ def photo_bench(csv: str, workers: int, repeats: int, batch: int = 64) -> list[d
     theirs = OpenClipCsvDataset(csv, open_clip.image_transform(224, is_train=True), tokenizer=open_clip.get_tokenizer('ViT-B-32'))
     loaders = {'memvlm': memvlm_loader(0), 'memvlm, augmenting on the CPU': memvlm_loader(0),
                'memvlm, image cache': memvlm_loader(1024), 'memvlm, shards': shard_loader(rows, tok, workers, batch, Path(csv).parent / 'shards'),
+               'memvlm, streamed hub set': stream_loader(rows, tok, workers, batch, Path(csv).parent / 'hub'),
                # persistent workers, like memvlm's, so neither pays a start-up per epoch
                'open_clip': torch.utils.data.DataLoader(theirs, batch_size=batch, shuffle=True, num_workers=workers,
                                                         drop_last=True, persistent_workers=workers > 0)}
@@ -191,6 +207,8 @@ def main():
         summary['shards_over_csv'] = round(min(by('memvlm, shards')[w] / by('memvlm')[w] for w in args.workers), 2)
         print(f"from shards: {summary['shards_over_csv']:.2f}x the images/s of the same photos read from a CSV of files "
               '(target >= 1x)')
+        summary['stream_over_csv'] = round(min(by('memvlm, streamed hub set')[w] / by('memvlm')[w] for w in args.workers), 2)
+        print(f"streamed as a hub set: {summary['stream_over_csv']:.2f}x the images/s of the CSV of files")
     print(json.dumps(summary))
 
 

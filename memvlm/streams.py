@@ -142,7 +142,11 @@ class StreamDataset(torch.utils.data.IterableDataset):
         self._draft = getattr(samples.transform, 'image_size', None)
 
     def __len__(self) -> int: return self.stream.total
-    def set_epoch(self, epoch: int): self._epoch.fill_(epoch); self.samples.set_epoch(epoch)
+    def set_epoch(self, epoch: int):
+        self._epoch.fill_(epoch); self.samples.set_epoch(epoch)
+        # in this process only: `datasets` keeps the epoch in shared memory for the workers, and a worker's
+        # `set_epoch` (an addition in place) would race with the others'
+        self.stream.dataset.set_epoch(epoch)
 
     def for_process(self, rank: int, world: int, batch_size: int):
         raise ValueError('a streamed hub set trains in one process: each process would read a different number of '
@@ -172,7 +176,8 @@ class StreamDataset(torch.utils.data.IterableDataset):
         if resume is not None and resume['epoch'] != epoch:
             raise ValueError(f"the stream's position is in epoch {resume['epoch'] + 1}, but epoch {epoch + 1} starts")
         start, block, taken = (resume['start'], resume['block'], resume['taken']) if resume else (None, 0, 0)
-        source.set_epoch(epoch)
+        if source.epoch != epoch:  # another loader over the same stream moved it on
+            raise RuntimeError(f'the stream is at epoch {source.epoch + 1}, this loader at {epoch + 1}: call set_epoch')
         if start is not None: source.load_state_dict(start)
         examples, skips = iter(source), SkipLog()
         planned = self.stream.total // max(1, self.num_workers)  # this worker's share, about
@@ -204,18 +209,27 @@ class StreamDataset(torch.utils.data.IterableDataset):
         return {**self.samples.sample_of(row, uid, tensor, remember=False), 'key': key}
 
 # %% ../nbs/01g_streams.ipynb #5f07c5d4
+def _with_image_bytes(rows: datasets.Dataset) -> datasets.Dataset:
+    "`rows` with each image's bytes in the table (an image file's read), as a hub set holds them."
+    if 'image' not in rows.column_names: return rows
+    def embed(row):
+        cell = row['image']
+        if cell['bytes'] is not None: return row
+        return {'image': {'bytes': Path(cell['path']).read_bytes(), 'path': Path(cell['path']).name}}
+    return rows.cast_column('image', datasets.Image(decode=False)).map(embed).cast_column('image', datasets.Image())
+
 def write_hub_folder(data: ImageTextData, folder, files: int = 4) -> Path:
     """Write `data`'s splits as a Hugging Face dataset folder: `data/<split>-0000i-of-0000n.parquet` (the training
-    split in `files` files, the others in one) with the images as stored, and a `README.md` whose metadata gives the
-    features, the class names and each split's size. `load_dataset(folder)` (and `get_dataset('hf:' + folder)`) read
-    it back."""
+    split in `files` files, the others in one) with the images' bytes as stored (an image file's read), and a
+    `README.md` whose metadata gives each split's size (the features, class names included, are in the files).
+    `load_dataset(folder)`, and `get_dataset('hf:' + folder)`, read it back."""
     folder = Path(folder)
     (folder / 'data').mkdir(parents=True, exist_ok=True)
     sizes, quiet = {}, datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # a bar per file says nothing
     try:
         for split, rows in data.splits.items():
-            n = files if split == 'train' else 1
+            rows, n = _with_image_bytes(rows), files if split == 'train' else 1
             for i in range(n):
                 part = rows.shard(n, i, contiguous=True)
                 part.to_parquet(str(folder / 'data' / f'{split}-{i:05d}-of-{n:05d}.parquet'))

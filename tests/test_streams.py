@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from memvlm.config import RunConfig, update_config
-from memvlm.data import (STREAM_HEAD, HubStream, StreamDataset, get_dataset, load_digits_captions, load_shards,
+from memvlm.data import (STREAM_HEAD, HubStream, SkipLog, StreamDataset, get_dataset, load_digits_captions, load_shards,
                          write_hub_folder)
 from memvlm.recipes import _loaders, prepare_run
 
@@ -63,3 +63,14 @@ def test_a_stream_written_as_shards_holds_every_example(hub, tmp_path):
     assert manifest['splits'] == {s: len(digits[s]) for s in ('train', 'validation', 'test')}, manifest['splits']
     shards = load_shards(tmp_path / 'shards')
     assert shards.stream.total == len(digits['train']) and shards.classnames == digits.classnames
+
+
+def test_a_hub_folder_holds_its_images(tmp_path):
+    "`write_hub_folder` puts the images' bytes in its files: the folder streams after the photos it came from are gone."
+    import shutil
+    from memvlm.data import write_digits_csv
+    csv = write_digits_csv(tmp_path / 'photos', per_class=6)
+    hub = write_hub_folder(get_dataset(str(csv)), tmp_path / 'hub', files=2)
+    shutil.rmtree(tmp_path / 'photos')
+    data = get_dataset(f'hf:{hub}', streaming=True)
+    assert len(list(data.stream.examples(SkipLog()))) == data.stream.total == len(data['train'])
