@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['IMAGE_KEYS', 'CAPTION_KEYS', 'LABEL_KEYS', 'VALUE_KEYS', 'TAGS_KEYS', 'QUESTION_KEYS', 'ANSWER_KEYS',
            'TABLE_SUFFIXES', 'IMAGE_SUFFIXES', 'HUB_PRESETS', 'STREAM_EVAL_EXAMPLES', 'STREAM_HEAD', 'DATASETS',
-           'Columns', 'pick_column', 'caption_list', 'build_image_text_data', 'load_table', 'load_image_folder',
-           'load_coco_json', 'load_csv_captions', 'load_saved_dataset', 'load_hub_dataset', 'find_kaggle_input',
-           'load_local', 'get_dataset', 'dataset_from_config', 'load_image_text_data']
+           'Columns', 'pick_column', 'build_image_text_data', 'load_table', 'load_image_folder', 'load_coco_json',
+           'load_csv_captions', 'load_saved_dataset', 'load_hub_dataset', 'find_kaggle_input', 'load_local',
+           'get_dataset', 'dataset_from_config', 'load_image_text_data']
 
 # %% ../nbs/01c_sources.ipynb #db466d16
 import json
@@ -78,17 +78,6 @@ def _tag_list(value) -> list[str]:
     if value is None or (isinstance(value, float) and np.isnan(value)): return []
     if isinstance(value, str): value = re.split(r'[|;,]', value)
     return [str(t).strip() for t in value if str(t).strip()]
-
-def caption_list(value) -> list[str]:
-    "A caption cell as a list of str: text, a list of text, or a list of dicts with `raw`/`caption`/`text`."
-    if value is None: return []
-    if isinstance(value, str): return [value]
-    if isinstance(value, dict): value = [value]
-    out = []
-    for v in list(value):
-        if isinstance(v, dict): v = next((v[k] for k in ('raw', 'caption', 'text') if k in v), '')
-        if isinstance(v, str): out.append(v)
-    return out
 
 # %% ../nbs/01c_sources.ipynb #734260f6
 def _class_prompts_from_captions(captions: Sequence[Sequence[str]], labels: Sequence[int], classnames: Sequence[str],

@@ -48,3 +48,26 @@ def torch_global_state():
     yield
     torch.set_grad_enabled(grad)
     torch.set_default_dtype(dtype)
+
+
+@pytest.fixture(scope='session')
+def tiny_open_clip():
+    """A function that registers a tiny open_clip ViT called `name` with open_clip (its config written to `folder`) and
+    saves random weights for it (seed 0, open_clip's layout) to `folder/<name>.pt`, which it returns: the stand-in for
+    the hub's models in every test of pretrained towers."""
+    def make(folder, name: str, text_width: int = 64, vision_width: int = 64, layers: int = 2, text_heads: int = 2):
+        import json
+        import open_clip
+        import torch
+        config = {'embed_dim': 32,
+                  'vision_cfg': {'image_size': 32, 'layers': layers, 'width': vision_width, 'patch_size': 8,
+                                 'head_width': 32},
+                  'text_cfg': {'context_length': 16, 'vocab_size': 49408, 'width': text_width, 'heads': text_heads,
+                               'layers': layers}}
+        folder = Path(folder)
+        (folder / f'{name}.json').write_text(json.dumps(config))
+        open_clip.add_model_config(str(folder / f'{name}.json'))
+        torch.manual_seed(0)
+        torch.save(open_clip.create_model(name).state_dict(), folder / f'{name}.pt')
+        return folder / f'{name}.pt'
+    return make

@@ -216,20 +216,12 @@ def test_bad_input_is_a_clear_error(tmp_path):
         load_encoder('memclip-tiny')
 
 
-OPEN_CLIP_TINY = {'embed_dim': 32, 'vision_cfg': {'image_size': 32, 'layers': 1, 'width': 64, 'patch_size': 8,
-                                                  'head_width': 32},
-                  'text_cfg': {'context_length': 16, 'vocab_size': 49408, 'width': 64, 'heads': 2, 'layers': 1}}
-
-
-def test_open_clip_model_with_random_weights_and_a_tag_that_cannot_load(tmp_path):
-    open_clip = pytest.importorskip('open_clip')
-    (tmp_path / 'memvlm-fewshot-vit.json').write_text(json.dumps(OPEN_CLIP_TINY))
-    open_clip.add_model_config(str(tmp_path / 'memvlm-fewshot-vit.json'))
-    torch.manual_seed(0)
-    torch.save(open_clip.create_model('memvlm-fewshot-vit').state_dict(), tmp_path / 'tiny.pt')
+def test_open_clip_model_with_random_weights_and_a_tag_that_cannot_load(tmp_path, tiny_open_clip):
+    pytest.importorskip('open_clip')
+    weights = tiny_open_clip(tmp_path, 'memvlm-fewshot-vit', layers=1)
     pets = write_split_zhou(tmp_path / 'data')
     write_split_zhou(tmp_path / 'data', 'dtd', ('banded', 'dotted', 'woven', 'zigzagged'), (10, 2, 2))
-    r = fewshot('memvlm-fewshot-vit', str(tmp_path / 'tiny.pt'), datasets=['oxford_pets'], shots=(1, 2), seeds=(1,),
+    r = fewshot('memvlm-fewshot-vit', str(weights), datasets=['oxford_pets'], shots=(1, 2), seeds=(1,),
                 tuning='none', data_dir=pets, methods=['zero_shot', 'ncm', 'tip', 'memory'], memory_base='dtd',
                 cache_dir=tmp_path / 'cache', log=None)
     assert set(r['datasets']['oxford_pets']['accuracy']) == {'zero_shot', 'ncm', 'tip', 'memory'}
@@ -237,7 +229,7 @@ def test_open_clip_model_with_random_weights_and_a_tag_that_cannot_load(tmp_path
     with pytest.raises(RuntimeError, match='open_clip could not load memvlm-fewshot-vit .*local weights file'):
         fewshot('memvlm-fewshot-vit', str(tmp_path / 'no-such-weights.pt'), datasets=['oxford_pets'], data_dir=pets)
     with pytest.raises(ValueError, match='no base statistics for the concept memory'):
-        fewshot('memvlm-fewshot-vit', str(tmp_path / 'tiny.pt'), datasets=['oxford_pets'], data_dir=pets,
+        fewshot('memvlm-fewshot-vit', str(weights), datasets=['oxford_pets'], data_dir=pets,
                 methods=['memory'], cache_dir=tmp_path / 'cache')
 
 

@@ -16,23 +16,16 @@ from memvlm.models import (OPENAI_MEAN, OPENAI_STD, MemoryCLIPConfig, create_mod
 
 pytestmark = pytest.mark.skipif(not open_clip_towers_supported(), reason='open_clip towers need open-clip-torch >= 3.1')
 NAME, MODEL = 'memvlm-lora-test-vit', 'memclip-lora-test-vit'
-TINY = {'embed_dim': 32, 'vision_cfg': {'image_size': 32, 'layers': 2, 'width': 64, 'patch_size': 8, 'head_width': 32},
-        'text_cfg': {'context_length': 16, 'vocab_size': 49408, 'width': 48, 'heads': 2, 'layers': 2}}
 
 
 @pytest.fixture(scope='module')
-def weights(tmp_path_factory):
+def weights(tmp_path_factory, tiny_open_clip):
     "The tiny model registered with open_clip (towers of different widths), and a file of its random weights."
-    import open_clip
-    d = tmp_path_factory.mktemp('lora')
-    (d / f'{NAME}.json').write_text(json.dumps(TINY))
-    open_clip.add_model_config(str(d / f'{NAME}.json'))
-    torch.manual_seed(0)
-    torch.save(open_clip.create_model(NAME).state_dict(), d / 'tiny.pt')
-    register_model(MODEL, MemoryCLIPConfig(towers=f'open_clip:{NAME}', pretrained=str(d / 'tiny.pt'), image_size=32,
+    path = tiny_open_clip(tmp_path_factory.mktemp('lora'), NAME, text_width=48)
+    register_model(MODEL, MemoryCLIPConfig(towers=f'open_clip:{NAME}', pretrained=str(path), image_size=32,
                                            context_length=16, embed_dim=32, memory_tokens=4, image_mean=OPENAI_MEAN,
                                            image_std=OPENAI_STD, resize='crop'))
-    return d / 'tiny.pt'
+    return path
 
 
 def batch(n=8):

@@ -11,7 +11,7 @@ from memvlm.data import CaptionTokenizer, ImageTextDataset, image_transform, loa
 from memvlm.larimar import LarimarCaptioner
 from memvlm.losses import create_loss
 from memvlm.training import model_inputs
-from memvlm.models import (FusionModel, FusionModelConfig, count_parameters, create_model, list_models, load_checkpoint,
+from memvlm.models import (FusionModel, create_model, list_models, load_checkpoint,
                            save_checkpoint)
 
 
@@ -111,16 +111,11 @@ def test_prepare_run_builds_a_fusion_classifier(tmp_path):
 
 
 @pytest.mark.skipif(not open_clip_towers_supported(), reason='open_clip towers need open-clip-torch >= 3.1')
-def test_every_zoo_choice_reaches_the_model_through_prepare_run(tmp_path, digits):
+def test_every_zoo_choice_reaches_the_model_through_prepare_run(tmp_path, digits, tiny_open_clip):
     "A YAML-shaped config picks an open_clip text tower, sparse attention with its window and global tokens, a fusion and its heads."
-    import json
-    import open_clip
     from memvlm.recipes import prepare_run
     from memvlm.encoders import OpenCLIPTextEncoder
-    tiny = {'embed_dim': 32, 'vision_cfg': {'image_size': 32, 'layers': 1, 'width': 64, 'patch_size': 8},
-            'text_cfg': {'context_length': 16, 'vocab_size': 49408, 'width': 64, 'heads': 4, 'layers': 1}}
-    (tmp_path / 'memvlm-test-clip.json').write_text(json.dumps(tiny))
-    open_clip.add_model_config(str(tmp_path / 'memvlm-test-clip.json'))
+    tiny_open_clip(tmp_path, 'memvlm-test-clip', layers=1, text_heads=4)
     cfg = update_config(RunConfig(), {
         'model': {'model': 'seed-multimodal-transformer', 'text': 'open_clip:memvlm-test-clip', 'vision': 'vit',
                   'attention': 'sparse', 'window': 1, 'global_tokens': 2, 'fusion': 'bicross', 'fusion_heads': 2},

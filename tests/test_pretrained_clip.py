@@ -2,7 +2,6 @@
 written to a file, stands in for the hub in every test. Exactness against open_clip, gated memory tokens that leave the
 pretrained embeddings untouched until they learn, the lock options, checkpoints that carry their preprocessing,
 `memorize`, export back to open_clip, and the errors for a bad name, tag or weights file."""
-import json
 
 import pytest
 import torch
@@ -10,29 +9,22 @@ import torch
 from memvlm.config import RunConfig, update_config
 from memvlm.data import CaptionTokenizer, ImageTextDataset, load_digits_captions, make_loader
 from memvlm.encoders import open_clip_towers_supported
-from memvlm.models import (OPENAI_MEAN, OPENAI_STD, MemoryCLIP, MemoryCLIPConfig, create_model, load_checkpoint,
+from memvlm.models import (OPENAI_MEAN, OPENAI_STD, MemoryCLIPConfig, create_model, load_checkpoint,
                            model_transform, register_model)
 
 pytestmark = pytest.mark.skipif(not open_clip_towers_supported(), reason='open_clip towers need open-clip-torch >= 3.1')
 NAME = 'memvlm-test-vit'
-TINY = {'embed_dim': 32, 'vision_cfg': {'image_size': 32, 'layers': 2, 'width': 64, 'patch_size': 8, 'head_width': 32},
-        'text_cfg': {'context_length': 16, 'vocab_size': 49408, 'width': 64, 'heads': 2, 'layers': 2}}
 
 
 @pytest.fixture(scope='module')
-def weights(tmp_path_factory):
+def weights(tmp_path_factory, tiny_open_clip):
     "The tiny model registered with open_clip, and a file of its random weights (in open_clip's layout)."
-    import open_clip
-    d = tmp_path_factory.mktemp('clip')
-    (d / f'{NAME}.json').write_text(json.dumps(TINY))
-    open_clip.add_model_config(str(d / f'{NAME}.json'))
-    torch.manual_seed(0)
-    torch.save(open_clip.create_model(NAME).state_dict(), d / 'tiny.pt')
-    config = MemoryCLIPConfig(towers=f'open_clip:{NAME}', pretrained=str(d / 'tiny.pt'), image_size=32,
+    path = tiny_open_clip(tmp_path_factory.mktemp('clip'), NAME)
+    config = MemoryCLIPConfig(towers=f'open_clip:{NAME}', pretrained=str(path), image_size=32,
                               context_length=16, embed_dim=32, memory_tokens=4, image_mean=OPENAI_MEAN,
                               image_std=OPENAI_STD, resize='crop')
     register_model('memclip-test-vit', config)
-    return d / 'tiny.pt'
+    return path
 
 
 def reference(path):
@@ -92,20 +84,16 @@ def test_export_to_open_clip_round_trips(weights):
         create_model('memclip-test-vit').open_clip_state_dict()
 
 
-def test_bad_names_tags_and_weights_files_say_what_exists(weights, tmp_path):
-    import open_clip
+def test_bad_names_tags_and_weights_files_say_what_exists(weights, tmp_path, tiny_open_clip):
     with pytest.raises(ValueError, match="open_clip has no model 'ViT-Q-99'; it has: .*ViT-B-32"):
         create_model('memclip-test-vit', towers='open_clip:ViT-Q-99')
     with pytest.raises(ValueError, match=f"pretrained='nope' is neither a weights file nor a pretrained tag of open_clip {NAME}"):
         create_model('memclip-test-vit', pretrained='nope')
     with pytest.raises(ValueError, match='the towers of open_clip .* have their own sizes'):
         create_model('memclip-test-vit', vision_depth=1)
-    wide = {**TINY, 'vision_cfg': {**TINY['vision_cfg'], 'width': 96}}
-    (tmp_path / 'memvlm-test-wide.json').write_text(json.dumps(wide))
-    open_clip.add_model_config(str(tmp_path / 'memvlm-test-wide.json'))
-    torch.save(open_clip.create_model('memvlm-test-wide').state_dict(), tmp_path / 'wide.pt')
+    wide = tiny_open_clip(tmp_path, 'memvlm-test-wide', vision_width=96)
     with pytest.raises(ValueError, match=f'does not fit open_clip {NAME}: visual'):
-        create_model('memclip-test-vit', pretrained=str(tmp_path / 'wide.pt'))
+        create_model('memclip-test-vit', pretrained=str(wide))
 
 
 def run_config(tmp_path, name, **train):

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from memvlm.config import RunConfig, update_config
 from memvlm.data import (STREAM_HEAD, HubStream, SkipLog, StreamDataset, get_dataset, load_digits_captions, load_shards,
