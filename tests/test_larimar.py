@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from memvlm.data import CaptionTokenizer, load_digits_captions
 from memvlm.larimar import LarimarCaptioner
 from memvlm.memory import ConceptMemory, EpisodicMemory, Memory
 from memvlm.models import create_model, load_checkpoint, save_checkpoint
@@ -37,6 +36,21 @@ def trained(tmp_path_factory):
     return root, rows
 
 
+@pytest.fixture(scope='module')
+def taught(trained):
+    "The trained captioner with the six edits memorised (`memvlm memorize`), and what the command printed."
+    import contextlib
+    import io
+    from memvlm.cli import main
+    root, _ = trained
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(['memorize', '--checkpoint', str(root / 'run' / 'best'), '--dataset', str(root / 'edits.csv'),
+                     '--output', str(root / 'taught'), '--device', 'cpu'])
+    assert code == 0
+    return root / 'taught', printed.getvalue()
+
+
 def test_train_saves_a_captioner_with_its_scope(trained):
     root, _ = trained
     metrics = json.loads((root / 'run' / 'metrics.json').read_text())
@@ -46,12 +60,9 @@ def test_train_saves_a_captioner_with_its_scope(trained):
     assert len(model.anchors) == 10 and 0 < float(model.same_image_cosine) <= 1  # calibrated on the run's images
 
 
-def test_memorize_predict_forget(memvlm_cli, trained):
+def test_memorize_predict_forget(memvlm_cli, trained, taught):
     root, rows = trained
-    run = memvlm_cli('memorize', '--checkpoint', str(root / 'run' / 'best'), '--dataset', str(root / 'edits.csv'),
-                     '--output', str(root / 'taught'), '--device', 'cpu')
-    assert run.returncode == 0, run.stderr
-    assert '6 images with their captions' in run.stdout
+    assert '6 images with their captions' in taught[1]
     image = str(root / rows[1]['filepath'])
     said = memvlm_cli('predict', '--checkpoint', str(root / 'taught'), '--image', image, '--device', 'cpu')
     assert said.returncode == 0, said.stderr
@@ -72,9 +83,8 @@ def test_memorize_predict_forget(memvlm_cli, trained):
     assert missing.returncode == 2 and 'no memorised caption' in missing.stderr
 
 
-def test_eval_reports_bleu_with_and_without_memory(memvlm_cli, trained, tmp_path):
-    root, _ = trained
-    r = memvlm_cli('eval', '--checkpoint', str(root / 'taught'), '--tasks', 'bleu', '--output-dir', 'rep', '--device', 'cpu')
+def test_eval_reports_bleu_with_and_without_memory(memvlm_cli, taught, tmp_path):
+    r = memvlm_cli('eval', '--checkpoint', str(taught[0]), '--tasks', 'bleu', '--output-dir', 'rep', '--device', 'cpu')
     assert r.returncode == 0, r.stderr
     saved = json.loads((tmp_path / 'rep' / 'metrics.json').read_text())['metrics']
     assert set(saved) == {'bleu', 'bleu_without_memory'} and all(0 <= v <= 100 for v in saved.values())
