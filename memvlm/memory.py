@@ -230,7 +230,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> torch.Ten
         centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centres)
     return torch.cdist(x, centres).argmin(1)
 
-# %% ../nbs/05_memory.ipynb #3bcfd8e7
+# %% ../nbs/05_memory.ipynb #612ac99e
 @dataclass
 class MemoryRead:
     "What `ConceptMemory.read` returns for N queries."
@@ -240,58 +240,8 @@ class MemoryRead:
     scores: torch.Tensor  # (N, K) discriminant scores of the concepts (-inf where a concept did not take part)
     anchor_scores: torch.Tensor  # (N, A) scores of the base anchors that took part, on the same scale
 
-class ConceptMemory(nn.Module):
-    """Episodic memory addressed by concept: a slot per concept holds the mean of its examples; read as a Gaussian
-    discriminant whose shared covariance starts from the base training data, and leans on a scaled identity while the
-    concepts have few examples (`few_shot_weight`)."""
-    def __init__(self, dim: int, max_concepts: int = 4096, max_anchors: int = 32, max_false_claims: float = 0.01,
-                 few_shot_kappa: float = FEW_SHOT_KAPPA):
-        super().__init__()
-        if dim < 1 or max_concepts < 1 or max_anchors < 1:
-            raise ValueError(f'dim, max_concepts and max_anchors must be ≥ 1, '
-                             f'got {dim}, {max_concepts} and {max_anchors}')
-        if not 0 <= max_false_claims < 1:
-            raise ValueError(f'max_false_claims={max_false_claims}: expected a fraction in [0, 1)')
-        if not few_shot_kappa >= 0: raise ValueError(f'few_shot_kappa={few_shot_kappa}: expected a number ≥ 0')
-        self.dim, self.max_concepts, self.max_anchors = dim, max_concepts, max_anchors
-        self.max_false_claims, self.few_shot_kappa = max_false_claims, float(few_shot_kappa)
-        # every memorised embedding and its concept's slot, in the order written; held with spare rows (doubling) so
-        # that a write costs what it adds, and saved as the state dict's `items` and `item_concept`
-        self._items, self._item_concept, self._n = torch.zeros(16, dim), torch.zeros(16, dtype=torch.long), 0
-        self.register_buffer('anchors', torch.zeros(0, dim))  # base class means (k-means centres for unlabelled data)
-        self.register_buffer('prior_cov', torch.zeros(dim, dim))  # within-class covariance of the base data
-        self.register_buffer('prior_dof', torch.zeros(()))  # its degrees of freedom (examples − anchors); 0: no prior
-        self.register_buffer('shrinkage', torch.zeros(()))  # Ledoit–Wolf weight of the identity target
-        self.register_buffer('held_out', torch.zeros(0, dim))  # base images not in the prior, to calibrate the claims
-        self.register_buffer('held_out_labels', torch.zeros(0, dtype=torch.long))  # their anchors (-1: unknown)
-        self.concepts: list[str] = []  # slot i holds concept self.concepts[i]
-        self.anchor_names: list[str] = []  # base class names, one per anchor; empty when anchors are k-means centres
-        self._reset_cache()
-
-    def _reset_cache(self):
-        self._slot = {c: i for i, c in enumerate(self.concepts)}
-        self._stats = None  # float64 (sums, counts, second moment (D, D)) of the items, kept by write; rows ≥ K spare
-        self._read = None  # (weights (K + A, D), bias (K + A,), margin) of the discriminant, rebuilt after a change
-
-    @property
-    def items(self) -> torch.Tensor: return self._items[:self._n]  # (N, D) the memorised embeddings
-    @property
-    def item_concept(self) -> torch.Tensor: return self._item_concept[:self._n]  # (N,) their concepts' slots
-
-    def _set_items(self, items: torch.Tensor, item_concept: torch.Tensor):
-        self._items, self._item_concept, self._n = items, item_concept, len(items)
-        self._reset_cache()
-
-    @property
-    def has_prior(self) -> bool: return float(self.prior_dof) > 0
-
-    def _check(self, embeds: torch.Tensor, name: str):
-        if not torch.is_tensor(embeds) or embeds.dim() != 2 or embeds.shape[1] != self.dim:
-            got = tuple(embeds.shape) if torch.is_tensor(embeds) else type(embeds).__name__
-            raise ValueError(f'{name} must be an (N, {self.dim}) tensor, got {got}')
-        if len(embeds) == 0: raise ValueError(f'{name} is empty')
-        if not torch.isfinite(embeds).all(): raise ValueError(f'{name} contains NaN or infinite values')
-
+class _ConceptPrior:
+    "`ConceptMemory`'s base statistics: what the model's training data says, before any concept is written."
     @torch.no_grad()
     def set_prior(self, embeds: torch.Tensor, labels: Optional[torch.Tensor] = None,
                   names: Optional[Sequence[str]] = None, held_out: Optional[torch.Tensor] = None,
@@ -363,6 +313,9 @@ class ConceptMemory(nn.Module):
         sums, counts, second = self._stats
         return sums[:k], counts[:k], second
 
+# %% ../nbs/05_memory.ipynb #4d2a96e8
+class _ConceptWriting:
+    "`ConceptMemory`'s writes: a concept's examples into its slot, and forgetting."
     @staticmethod
     def _grow(t: torch.Tensor, rows: int) -> torch.Tensor:
         "`t` with room for at least `rows` rows: doubled, so that n appends copy O(n) rows in all."
@@ -411,6 +364,22 @@ class ConceptMemory(nn.Module):
         sums.index_add_(0, slots, xd); counts.index_add_(0, slots, torch.ones_like(xd[:, 0]))
         self._stats, self._read = (sums, counts, second.addmm_(xd.T, xd)), None
 
+    @torch.no_grad()
+    def forget(self, concept: Optional[str] = None):
+        "Forget one concept (its slot and examples), or every concept when `concept` is None; the base statistics stay."
+        if concept is None: self.concepts = []; self._set_items(self._items[:0], self._item_concept[:0]); return
+        if concept not in self._slot:
+            held = ", ".join(map(repr, self.concepts)) or "nothing"
+            raise KeyError(f'no concept {concept!r} in memory; it holds {held}')
+        slot = self._slot[concept]
+        keep = self.item_concept != slot
+        shifted = torch.where(self.item_concept > slot, self.item_concept - 1, self.item_concept)  # later slots move up
+        self.concepts = self.concepts[:slot] + self.concepts[slot + 1:]
+        self._set_items(self.items[keep], shifted[keep])
+
+# %% ../nbs/05_memory.ipynb #0f9cb666
+class _ConceptReading:
+    "`ConceptMemory`'s reads: a Gaussian discriminant over the memorised concepts, against the base anchors."
     def means(self) -> torch.Tensor:
         "(K, D) the memory matrix: slot k holds the mean embedding of concept k's examples."
         sums, counts, _ = self._statistics()
@@ -500,18 +469,59 @@ class ConceptMemory(nn.Module):
         else: claims = torch.ones_like(best, dtype=torch.bool)
         return MemoryRead(concept, margin, claims, scores, anchor_scores)
 
-    @torch.no_grad()
-    def forget(self, concept: Optional[str] = None):
-        "Forget one concept (its slot and examples), or every concept when `concept` is None; the base statistics stay."
-        if concept is None: self.concepts = []; self._set_items(self._items[:0], self._item_concept[:0]); return
-        if concept not in self._slot:
-            held = ", ".join(map(repr, self.concepts)) or "nothing"
-            raise KeyError(f'no concept {concept!r} in memory; it holds {held}')
-        slot = self._slot[concept]
-        keep = self.item_concept != slot
-        shifted = torch.where(self.item_concept > slot, self.item_concept - 1, self.item_concept)  # later slots move up
-        self.concepts = self.concepts[:slot] + self.concepts[slot + 1:]
-        self._set_items(self.items[keep], shifted[keep])
+# %% ../nbs/05_memory.ipynb #ee076f4a
+class ConceptMemory(_ConceptPrior, _ConceptWriting, _ConceptReading, nn.Module):
+    """Episodic memory addressed by concept: a slot per concept holds the mean of its examples; read as a Gaussian
+    discriminant whose shared covariance starts from the base training data, and leans on a scaled identity while the
+    concepts have few examples (`few_shot_weight`)."""
+    def __init__(self, dim: int, max_concepts: int = 4096, max_anchors: int = 32, max_false_claims: float = 0.01,
+                 few_shot_kappa: float = FEW_SHOT_KAPPA):
+        super().__init__()
+        if dim < 1 or max_concepts < 1 or max_anchors < 1:
+            raise ValueError(f'dim, max_concepts and max_anchors must be ≥ 1, '
+                             f'got {dim}, {max_concepts} and {max_anchors}')
+        if not 0 <= max_false_claims < 1:
+            raise ValueError(f'max_false_claims={max_false_claims}: expected a fraction in [0, 1)')
+        if not few_shot_kappa >= 0: raise ValueError(f'few_shot_kappa={few_shot_kappa}: expected a number ≥ 0')
+        self.dim, self.max_concepts, self.max_anchors = dim, max_concepts, max_anchors
+        self.max_false_claims, self.few_shot_kappa = max_false_claims, float(few_shot_kappa)
+        # every memorised embedding and its concept's slot, in the order written; held with spare rows (doubling) so
+        # that a write costs what it adds, and saved as the state dict's `items` and `item_concept`
+        self._items, self._item_concept, self._n = torch.zeros(16, dim), torch.zeros(16, dtype=torch.long), 0
+        self.register_buffer('anchors', torch.zeros(0, dim))  # base class means (k-means centres for unlabelled data)
+        self.register_buffer('prior_cov', torch.zeros(dim, dim))  # within-class covariance of the base data
+        self.register_buffer('prior_dof', torch.zeros(()))  # its degrees of freedom (examples − anchors); 0: no prior
+        self.register_buffer('shrinkage', torch.zeros(()))  # Ledoit–Wolf weight of the identity target
+        self.register_buffer('held_out', torch.zeros(0, dim))  # base images not in the prior, to calibrate the claims
+        self.register_buffer('held_out_labels', torch.zeros(0, dtype=torch.long))  # their anchors (-1: unknown)
+        self.concepts: list[str] = []  # slot i holds concept self.concepts[i]
+        self.anchor_names: list[str] = []  # base class names, one per anchor; empty when anchors are k-means centres
+        self._reset_cache()
+
+    def _reset_cache(self):
+        self._slot = {c: i for i, c in enumerate(self.concepts)}
+        self._stats = None  # float64 (sums, counts, second moment (D, D)) of the items, kept by write; rows ≥ K spare
+        self._read = None  # (weights (K + A, D), bias (K + A,), margin) of the discriminant, rebuilt after a change
+
+    @property
+    def items(self) -> torch.Tensor: return self._items[:self._n]  # (N, D) the memorised embeddings
+
+    @property
+    def item_concept(self) -> torch.Tensor: return self._item_concept[:self._n]  # (N,) their concepts' slots
+
+    def _set_items(self, items: torch.Tensor, item_concept: torch.Tensor):
+        self._items, self._item_concept, self._n = items, item_concept, len(items)
+        self._reset_cache()
+
+    @property
+    def has_prior(self) -> bool: return float(self.prior_dof) > 0
+
+    def _check(self, embeds: torch.Tensor, name: str):
+        if not torch.is_tensor(embeds) or embeds.dim() != 2 or embeds.shape[1] != self.dim:
+            got = tuple(embeds.shape) if torch.is_tensor(embeds) else type(embeds).__name__
+            raise ValueError(f'{name} must be an (N, {self.dim}) tensor, got {got}')
+        if len(embeds) == 0: raise ValueError(f'{name} is empty')
+        if not torch.isfinite(embeds).all(): raise ValueError(f'{name} contains NaN or infinite values')
 
     def counts(self) -> dict:
         "Examples memorised per concept, in slot order."
@@ -522,6 +532,7 @@ class ConceptMemory(nn.Module):
         return {'kind': 'concept', 'items': len(self.items), 'concepts': self.counts()}
 
     # names are not tensors: they travel in the state dict as UTF-8 JSON bytes, so a safetensors checkpoint holds them
+
     def get_extra_state(self) -> torch.Tensor:
         names = json.dumps({'concepts': self.concepts, 'anchors': self.anchor_names})
         return torch.tensor(list(names.encode()), dtype=torch.uint8)
