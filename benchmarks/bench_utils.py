@@ -158,6 +158,24 @@ def interleaved_times(fns: dict[str, Callable], repeats: int = 7, warmup: int = 
 def median(xs) -> float: return statistics.median(xs)
 
 
+def train_base_classes(model_name: str, data, tokenizer, epochs: int, seed: int, **options):
+    """`model_name` (with `options`, e.g. memory_tokens) trained on the classes 0-4 of `data`, augmented, 128 a batch, on
+    the CPU: the base model of the few-shot and memory-token benchmarks."""
+    import numpy as np
+    from memvlm.config import TrainConfig, seed_everything
+    from memvlm.data import ImageTextDataset, make_loader
+    from memvlm.models import create_model, model_transform
+    from memvlm.training import Trainer
+    seed_everything(seed)
+    rows = data['train'].select(np.flatnonzero(np.array(data['train']['label']) < 5))
+    model = create_model(model_name, vocab_size=tokenizer.vocab_size, **options)
+    transform = model_transform(model.config, train=True, augment=True)
+    loader = make_loader(ImageTextDataset(rows, tokenizer, transform, seed=seed), 128, train=True, seed=seed)
+    Trainer(model, loader, config=TrainConfig(epochs=epochs, device='cpu', seed=seed), monitor='train_loss',
+            progress=False).fit()
+    return model.eval()
+
+
 def print_table(rows: list[dict], columns: list[str], formats: Optional[dict] = None):
     "Rows of dicts as an aligned plain-text table."
     formats = formats or {}

@@ -43,26 +43,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_utils import train_base_classes
+
 NEW, OLD = list(range(5, 10)), list(range(5))
 # every baseline is a learner of memvlm.fewshot (the library's one implementation, also behind `memvlm fewshot`)
 BASELINES = ['probe', 'knn', 'ncm', 'lda', 'tip', 'tip_cache', 'gda', 'gda_disc']
 TUNED = ['probe', 'tip', 'tip_cache', 'gda']  # the baselines with a setting
-
-
-def train_old_classes(data, tokenizer, epochs: int, seed: int):
-    "memclip-tiny trained on the classes 0-4 of `data`."
-    from memvlm.config import TrainConfig, seed_everything
-    from memvlm.data import ImageTextDataset, image_transform, make_loader
-    from memvlm.models import create_model
-    from memvlm.training import Trainer
-    seed_everything(seed)
-    rows = data['train'].select(np.flatnonzero(np.array(data['train']['label']) < 5))
-    model = create_model('memclip-tiny', vocab_size=tokenizer.vocab_size)
-    loader = make_loader(ImageTextDataset(rows, tokenizer, image_transform(32, train=True, augment=True), seed=seed),
-                         128, train=True, seed=seed)
-    Trainer(model, loader, config=TrainConfig(epochs=epochs, device='cpu', seed=seed), monitor='train_loss',
-            progress=False).fit()
-    return model.eval()
 
 
 def task_of(emb, labels, idx, classes, text, scale):
@@ -115,7 +101,7 @@ def run_dataset(name: str, args) -> dict:
     else:
         tok = CaptionTokenizer.build([p for prompts in data.class_prompts for p in prompts], 16)
         start = time.time()
-        with torch.enable_grad(): model = train_old_classes(data, tok, args.epochs, args.seed)
+        with torch.enable_grad(): model = train_base_classes('memclip-tiny', data, tok, args.epochs, args.seed)
         print(f'{name}: trained on classes 0-4 in {time.time() - start:.0f} s')
     transform = image_transform(model.config.image_size)
     train_images, train_emb, train_labels = embed_split(model, data['train'], transform)

@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_utils import digits_batch, interleaved_times, machine, median, memvlm_step
+from bench_utils import digits_batch, interleaved_times, machine, median, memvlm_step, train_base_classes
 from fewshot_memory import NEW, embed_split
 from train_step_vs_openclip import compact_vocab
 
@@ -91,22 +91,6 @@ def train_run(model: str, dataset: str, tokens: int, seed: int, epochs: int, out
             'best_epoch': m['best_epoch'], 'seconds': time.time() - start, 'best': Path(out) / 'best'}
 
 
-def train_base_classes(model_name: str, data, tokenizer, tokens: int, epochs: int, seed: int):
-    "`model_name` with `tokens` memory tokens trained on the classes 0-4 of `data`, as fewshot_memory.py trains it."
-    from memvlm.config import TrainConfig, seed_everything
-    from memvlm.data import ImageTextDataset, make_loader
-    from memvlm.models import create_model, model_transform
-    from memvlm.training import Trainer
-    seed_everything(seed)
-    rows = data['train'].select(np.flatnonzero(np.array(data['train']['label']) < 5))
-    model = create_model(model_name, vocab_size=tokenizer.vocab_size, memory_tokens=tokens)
-    transform = model_transform(model.config, train=True, augment=True)
-    loader = make_loader(ImageTextDataset(rows, tokenizer, transform, seed=seed), 128, train=True, seed=seed)
-    Trainer(model, loader, config=TrainConfig(epochs=epochs, device='cpu', seed=seed), monitor='train_loss',
-            progress=False).fit()
-    return model.eval()
-
-
 # --- few-shot by memory --------------------------------------------------------------------------------------------
 
 def fewshot_by_memory(model_name: str, data, tokens: int, epochs: int, seed: int, shots: int, draws: int) -> dict:
@@ -119,7 +103,7 @@ def fewshot_by_memory(model_name: str, data, tokens: int, epochs: int, seed: int
     names = list(data.classnames)
     context = model_config(model_name).context_length
     tok = CaptionTokenizer.build([p for prompts in data.class_prompts for p in prompts], context)
-    with torch.enable_grad(): model = train_base_classes(model_name, data, tok, tokens, epochs, seed)
+    with torch.enable_grad(): model = train_base_classes(model_name, data, tok, epochs, seed, memory_tokens=tokens)
     transform = model_transform(model.config)
     train_images, train_emb, train_labels = embed_split(model, data['train'], transform)
     _, val_emb, val_labels = embed_split(model, data['validation'], transform)
