@@ -47,12 +47,15 @@ def register_model(name: str, config, model_class: Optional[type] = None):
     return config
 
 def count_parameters(name_or_config) -> int:
-    "Parameters of the model `name_or_config` builds, counted without allocating its weights (on the `meta` device)."
+    """Parameters of the model `name_or_config` builds, counted without allocating its weights (on the `meta` device),
+    and never loading any."""
     config = model_config(name_or_config)
     try:
         with torch.device('meta'): model = architecture_of(config)(config)
     except (RuntimeError, NotImplementedError):  # timm < 1.0.21 reads tensor values (`.item()`) in __init__
-        model = architecture_of(config)(config)  # the same count, from real (CPU) weights
+        # the same count from real (CPU) weights, random ones: published weights would be downloaded only to be counted
+        blank = {k: '' for k in ('pretrained', 'text_pretrained') if getattr(config, k, '')}
+        model = architecture_of(config)(replace(config, **blank))
     return sum(p.numel() for p in model.parameters())
 
 def _count_or_why(name: str):

@@ -11,7 +11,7 @@ from memvlm.data import CaptionTokenizer, ImageTextDataset, image_transform, loa
 from memvlm.larimar import LarimarCaptioner
 from memvlm.losses import create_loss
 from memvlm.training import model_inputs
-from memvlm.models import (FusionModel, create_model, list_models, load_checkpoint,
+from memvlm.models import (FusionModel, count_parameters, create_model, list_models, load_checkpoint,
                            save_checkpoint)
 
 
@@ -58,6 +58,22 @@ def test_list_models_counts_parameters():
     assert set(rows) == set(list_models())
     assert rows['seed-mnist-concat'] == sum(p.numel() for p in create_model('seed-mnist-concat').parameters())
     assert rows['memclip-base'] > rows['memclip-small'] > rows['memclip-tiny']
+
+
+def test_counting_parameters_never_loads_published_weights(monkeypatch):
+    """Where the meta device cannot build a model (timm < 1.0.21 reads tensor values while building), the count builds
+    it on the CPU with random weights: seed 000's model (DINOv2, DistilBERT, DistilGPT-2, published weights) is counted
+    without a download."""
+    from memvlm import registry
+    expected = count_parameters('larimar-dinov2-distilgpt2')
+    build, built = registry.architecture_of, []
+    def as_old_timm(config):
+        def make(c):
+            if torch.empty(0).device.type == 'meta': raise NotImplementedError('a tensor value read on meta')
+            built.append(c); return build(c)(c)
+        return make
+    monkeypatch.setattr(registry, 'architecture_of', as_old_timm)
+    assert count_parameters('larimar-dinov2-distilgpt2') == expected and [c.pretrained for c in built] == ['']
 
 
 def test_yaml_choices_reach_the_fusion_model():
