@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .encoders import HFTextEncoder, TextEncoder, TimmEncoder, ViTEncoder, hf_model
 from .layers import Transformer, init_linear
 from .memory import EpisodicMemory, kmeans
-from .registry import model_config, register_model
+from .registry import model_config, register_model, shape_model
 from .transforms import _affine_grid
 
 # %% ../nbs/06c_larimar.ipynb #28ea931d
@@ -536,7 +536,7 @@ def larimar_memory_gb(name_or_config, batch_size: int, precision: str = 'fp16',
     (16 bytes a parameter), plus the activations of its three towers (about 34 bytes per token and channel in each
     block at half precision, 68 in fp32; with gradient checkpointing, one block's and each block's input)."""
     config = model_config(name_or_config)
-    with torch.device('meta'): model = LarimarCaptioner(config)
+    model = shape_model(config)  # on the meta device where it can be
     per_channel = 34 if precision in ('fp16', 'bf16') else 68
     tokens = model._image_tokens()
     def shape(module, n_tokens):  # (tokens, width, blocks) of a transformer tower
