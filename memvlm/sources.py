@@ -22,8 +22,8 @@ from typing import Callable, Optional, Sequence
 import datasets
 import numpy as np
 
-from .images import (BadImageError, SkipLog, caption_list, download_images, finite_number, is_utf8, open_image,
-                           resolve_in_root)
+from .images import (BadImageError, SkipLog, caption_list, clean_captions, download_images, finite_number,
+                           open_image, resolve_in_root)
 from .bundled import (SPLIT_FRACTIONS, ImageTextData, load_digits_captions, load_shapes_attributes,
                             load_shapes_captions, split_indices)
 from .shards import is_shard_pattern, load_shards
@@ -92,11 +92,9 @@ def _clean_captions(captions: Sequence, where: Sequence[str], skips: SkipLog) ->
     "Each example's captions, stripped; empty ones and ones that are not UTF-8 are left out, each counted in `skips`."
     caps = []
     for i, v in enumerate(captions):
-        given = caption_list(v)
-        text = [c.strip() for c in given if c.strip()]
-        caps.append([c for c in text if is_utf8(c)])
-        for _ in range(len(text) - len(caps[-1])): skips.add('caption not UTF-8', where[i])
-        for _ in range(max(1, len(given)) - len(text)): skips.add('empty caption', where[i])  # each one counted
+        kept, dropped = clean_captions(v)
+        caps.append(kept)
+        for reason in dropped: skips.add(reason, where[i])  # each one counted
     return caps
 
 def _usable(caps: list[list[str]], images: Optional[Sequence], max_pixels: int, where: Sequence[str],
@@ -395,8 +393,9 @@ def load_hub_dataset(name: str, columns: Columns = Columns(), config: Optional[s
                      text_only: bool = False, **build) -> ImageTextData:
     "A Hugging Face hub dataset by id, through `_hub_load`; `text_only` keeps only the captions (a text corpus)."
     ds = _hub_load(name, config, split, streaming, cache_dir)
-    if streaming and not text_only and _stores_images(ds, columns, name):  # a stream to train on, all of it
-        return _from_hub_stream(ds, name.split('/')[-1], columns, max_samples, seed, cache_dir, **build)
+    image = _stored_image_column(ds, columns, name) if streaming and not text_only else None
+    if image is not None:  # a stream to train on, all of it
+        return _from_hub_stream(ds, name.split('/')[-1], columns, image, max_samples, seed, cache_dir, **build)
     return _from_hf(ds, name.split('/')[-1], columns, seed, cache_dir=cache_dir, max_samples=max_samples,
                     no_image=text_only, **build)
 
@@ -412,17 +411,14 @@ def find_kaggle_input(name: str, root='/kaggle/input') -> Optional[Path]:
 # a stream's validation and test examples (each at most), and its first training examples, read when it is loaded
 STREAM_EVAL_EXAMPLES, STREAM_HEAD = 1000, 1024
 
-def _image_column(ds, columns: Columns, name: str) -> tuple[Optional[str], object]:
-    "(the image column of a hub set, by `columns.image` or the usual names; its training split, or its first split)."
+def _stored_image_column(ds, columns: Columns, name: str) -> Optional[str]:
+    """The image column of a streamed hub set (of its training split, or its first split; by `columns.image` or the
+    usual names) if it holds the images themselves (an `Image` feature); None for one of URLs, or none."""
     train = ds['train'] if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)) and 'train' in ds else \
         next(iter(ds.values())) if isinstance(ds, dict) else ds
     names = list(train.features or next(iter(train.take(1))))  # a card without features: the first example's
-    return pick_column(names, columns.image, IMAGE_KEYS, 'image', name, required=bool(columns.image)), train
-
-def _stores_images(ds, columns: Columns, name: str) -> bool:
-    "Whether a streamed hub set holds its images (an `Image` feature), rather than their URLs."
-    col, train = _image_column(ds, columns, name)
-    return col is not None and isinstance((train.features or {}).get(col), datasets.Image)
+    col = pick_column(names, columns.image, IMAGE_KEYS, 'image', name, required=bool(columns.image))
+    return col if col is not None and isinstance((train.features or {}).get(col), datasets.Image) else None
 
 def _stream_splits(ds, name: str) -> dict:
     "A streamed set's splits under memvlm's names (`train`, `validation`, `test`); it needs a training split."
@@ -456,14 +452,14 @@ def _check_streamable(col: Columns, tags: dict, class_names, name: str):
         raise ValueError(f'{name}: {what} cannot be streamed, their names or index come from the whole set (labels and '
                          'tags can, as ClassLabel indices): load it without streaming, or write it as shards')
 
-def _from_hub_stream(ds, name: str, columns: Columns, max_samples: int, seed: int = 0, cache_dir=None,
+def _from_hub_stream(ds, name: str, columns: Columns, image: str, max_samples: int, seed: int = 0, cache_dir=None,
                      **build) -> ImageTextData:
-    """A streamed set that stores its images: validation, test and the first `STREAM_HEAD` training examples read now,
-    every training example (or the first `max_samples`) left in the stream (`HubStream`), images as stored."""
+    """A streamed set that stores its images (in column `image`): validation, test and the first `STREAM_HEAD`
+    training examples read now, every training example (or the first `max_samples`) left in the stream (`HubStream`),
+    images as stored."""
     import pandas as pd
     own = _stream_splits(ds, name)
     total = _stream_size(own['train'], name, max_samples)
-    image = _image_column(ds, columns, name)[0]
     own = {s: v.cast_column(image, datasets.Image(decode=False)) for s, v in own.items()}  # images as stored
     train = own['train'].take(total) if max_samples else own['train']  # take: the same examples every epoch
     sizes = {s: min(STREAM_EVAL_EXAMPLES, max(1, math.ceil(f * total))) for s, f in SPLIT_FRACTIONS.items()}

@@ -20,7 +20,7 @@ import datasets
 import torch
 
 from .config import import_optional
-from .images import BadImageError, SkipLog, caption_list, finite_number, is_utf8, open_image
+from .images import BadImageError, SkipLog, clean_captions, finite_number, open_image
 from .bundled import ImageTextData
 from .shards import check_same_reading, seeded
 
@@ -49,9 +49,8 @@ class StreamRows:
         """(its captions, label, value and tags as the batch format holds them, its image as stored: bytes, or a path);
         a ValueError that says why for an unusable example (no caption left, captions not UTF-8, a value not a
         number, a tag the first examples did not have)."""
-        given = [c.strip() for c in caption_list(example[self.caption])]
-        captions = [c for c in given if c and is_utf8(c)]
-        if not captions: raise ValueError('caption not UTF-8' if any(given) else 'empty caption')
+        captions, dropped = clean_captions(example[self.caption])
+        if not captions: raise ValueError(dropped[0])
         row = {'captions': captions}
         if self.label: row['label'] = int(example[self.label])
         if self.value: row['value'] = finite_number(example[self.value], f'column {self.value!r}')
